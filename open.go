@@ -1,0 +1,123 @@
+package perfuse
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/perfuse-go/perfuse/internal/sock"
+	"golang.org/x/sys/unix"
+)
+
+// FusePath is the path Open intercepts; every other path is opened normally.
+const FusePath = "/dev/fuse"
+
+// DefaultSocketPath is where a standalone perfused listens when
+// PERFUSE_SOCKET is unset. Upstream listens on /dev/fuse itself, which Linux
+// needs for the real device.
+const DefaultSocketPath = "/run/perfused.sock"
+
+// DefaultPerfusedPath is the perfused started by Open when PERFUSED is unset
+// and no perfused is on $PATH.
+const DefaultPerfusedPath = "/usr/sbin/perfused"
+
+// Open mirrors libperfuse's perfuse_open, a replacement for
+// open("/dev/fuse"). Any other path is passed to os.OpenFile unchanged.
+//
+// For FusePath it connects a SEQPACKET socket to the perfused listening on
+// $PERFUSE_SOCKET (default DefaultSocketPath). If nothing listens there
+// (ECONNREFUSED or ENOENT) it starts a private perfused instead: $PERFUSED,
+// else "perfused" from $PATH, else DefaultPerfusedPath, run as
+// "perfused -i 3" with one end of a socket pair as fd 3, and returns the
+// other end. Either socket gets $PERFUSE_BUFSIZE (default DefaultBufSize)
+// as its buffer sizes. Pass its descriptor to Mount in the "fd=N" option.
+// flag and perm only apply to other paths. The socket is in blocking mode.
+//
+// Unlike upstream, no descriptor leaks, a perfused that cannot be started
+// is an error in the caller (there is no fork to return into), and the
+// child is reaped.
+func Open(path string, flag int, perm os.FileMode) (*os.File, error) {
+	if path != FusePath {
+		return os.OpenFile(path, flag, perm)
+	}
+	size := int(BufVarFromEnv("PERFUSE_BUFSIZE", DefaultBufSize))
+	sockPath := os.Getenv("PERFUSE_SOCKET")
+	if sockPath == "" {
+		sockPath = DefaultSocketPath
+	}
+	f, err := dialPerfused(sockPath, size)
+	if err == nil {
+		return f, nil
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+		return nil, err
+	}
+	slog.Debug("perfuse: no perfused listening, starting one", "socket", sockPath, "err", err)
+	return spawnPerfused(size)
+}
+
+func dialPerfused(path string, size int) (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("perfuse: socket: %w", err)
+	}
+	if err := sock.SetBuffers(fd, size); err != nil {
+		slog.Warn("perfuse: cannot set socket buffers", "size", size, "err", err)
+	}
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "connect", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func perfusedPath() string {
+	if p := os.Getenv("PERFUSED"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("perfused"); err == nil {
+		return p
+	}
+	return DefaultPerfusedPath
+}
+
+func spawnPerfused(size int) (*os.File, error) {
+	ours, theirs, _, err := sock.Pair()
+	if err != nil {
+		return nil, fmt.Errorf("perfuse: %w", err)
+	}
+	for _, f := range []*os.File{ours, theirs} {
+		if err := sock.SetBuffers(int(f.Fd()), size); err != nil {
+			slog.Warn("perfuse: cannot set socket buffers", "size", size, "err", err)
+		}
+	}
+	// Before the child starts, so the mount frame carries our credentials
+	// whenever it is sent; perfused can fall back to SO_PEERCRED anyway.
+	if err := sock.SetPassCred(int(theirs.Fd()), true); err != nil {
+		slog.Warn("perfuse: cannot enable credential passing", "err", err)
+	}
+	cmd := exec.Command(perfusedPath(), "-i", "3")
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("perfuse: start perfused: %w", err)
+	}
+	go func() {
+		if err := cmd.Wait(); err != nil {
+			slog.Debug("perfuse: perfused exited", "pid", cmd.Process.Pid, "err", err)
+		}
+	}()
+	return ours, nil
+}

@@ -1,0 +1,156 @@
+package perfuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// The protocol perfuse speaks. Minor 31 is what libfuse 3.14 answers with;
+// nothing perfuse sends depends on a later minor.
+const (
+	ProtocolMajor = 7
+	ProtocolMinor = 31
+	// MinDaemonMinor is the oldest protocol minor accepted from a daemon.
+	MinDaemonMinor = 12
+)
+
+// initFlags are the capabilities perfuse really supports. DONT_MASK: the
+// modes perfuse sends are final, umask already applied by the caller
+// (fuse-overlayfs refuses to start without it). Never SPLICE_*
+// (a socket cannot take spliced pages one-for-one), PASSTHROUGH (needs an
+// ioctl on /dev/fuse) or OVER_IO_URING.
+const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_POSIX_LOCKS | fuse.CAP_ATOMIC_O_TRUNC |
+	fuse.CAP_BIG_WRITES | fuse.CAP_DONT_MASK | fuse.CAP_MAX_PAGES | fuse.CAP_PARALLEL_DIROPS
+
+const (
+	pageSize = 4096
+	// defaultReadahead is what INIT offers: 32 pages, as libperfuse does.
+	defaultReadahead = 32 * pageSize
+	// initOutCompat is INIT_OUT's size up to minor 22.
+	initOutCompat = 24
+	// maxPagesDefault is the kernel's FUSE_DEFAULT_MAX_PAGES_PER_REQ.
+	maxPagesDefault = 32
+	// writeHeader is what a WRITE frame carries before its data.
+	writeHeader = inHeaderSize + int(unsafe.Sizeof(fuse.WriteIn{})) - inHeaderSize
+)
+
+func (u *Usermount) init(ctx context.Context) error {
+	m := u.newMsg(OpInit, nil, opTable[OpInit].inSize, nil)
+	putIn(m, &fuse.InitIn{
+		Major:        ProtocolMajor,
+		Minor:        ProtocolMinor,
+		MaxReadAhead: defaultReadahead,
+		Flags:        uint32(initFlags),
+	})
+	defer u.destroy(m)
+	if err := u.xchg(ctx, nil, m, WaitReply); err != nil {
+		return fmt.Errorf("perfuse: INIT: %w", err)
+	}
+	out, err := decodeAtLeast[fuse.InitOut](OpInit, m.OutPayload(), 8)
+	if err != nil {
+		return err
+	}
+	if out.Major != ProtocolMajor {
+		return fmt.Errorf("perfuse: INIT: daemon speaks major %d, want %d: %w", out.Major, ProtocolMajor, syscall.EPROTO)
+	}
+	if out.Minor < MinDaemonMinor {
+		return fmt.Errorf("perfuse: INIT: daemon minor %d older than %d: %w", out.Minor, MinDaemonMinor, syscall.EPROTO)
+	}
+	want := initOutCompat
+	if out.Minor > 22 {
+		want = int(unsafe.Sizeof(fuse.InitOut{}))
+	}
+	if got := len(m.OutPayload()); got < want && got != initOutCompat {
+		return errProto(OpInit, "payload is %d bytes for minor %d", got, out.Minor)
+	}
+	u.lim.Store(u.negotiate(out))
+	u.debug(DiagMisc, "perfuse: INIT done", "minor", out.Minor, "max_write", u.limits().maxWrite, "max_read", u.limits().maxRead)
+	return nil
+}
+
+// negotiate derives the session's limits from the daemon's INIT reply:
+// max_write has a floor of one page and is capped so a WRITE frame fits
+// the socket; reads are capped the same way for their replies.
+func (u *Usermount) negotiate(out *fuse.InitOut) *limits {
+	l := &limits{
+		major:        out.Major,
+		minor:        out.Minor,
+		flags:        uint64(out.Flags) & initFlags,
+		maxReadahead: out.MaxReadAhead,
+		maxPages:     out.MaxPages,
+		timeGran:     out.TimeGran,
+	}
+	if out.Minor < 23 {
+		l.maxPages = 0
+	}
+	frame := u.maxFrame()
+	l.maxWrite = max(int(out.MaxWrite), pageSize)
+	l.maxWrite = min(l.maxWrite, frame-writeHeader)
+	pages := maxPagesDefault
+	if l.flags&fuse.CAP_MAX_PAGES != 0 && l.maxPages > 0 {
+		pages = int(l.maxPages)
+	}
+	l.maxRead = min(pages*pageSize, frame-outHeaderSize)
+	if l.maxWrite > pageSize {
+		l.maxWrite &^= pageSize - 1
+	}
+	return l
+}
+
+// maxFrame is the largest frame the transport carries.
+func (u *Usermount) maxFrame() int {
+	n := u.conf.bufSize
+	if u.cb.MaxFrame > 0 {
+		n = u.cb.MaxFrame
+	}
+	return max(n, 2*pageSize+writeHeader)
+}
+
+// Negotiated returns what INIT settled: the daemon's protocol minor, its
+// flags (those perfuse offered), and the payload limits for WRITE and READ.
+func (u *Usermount) Negotiated() (minor uint32, flags uint64, maxWrite, maxRead int) {
+	l := u.limits()
+	return l.minor, l.flags, l.maxWrite, l.maxRead
+}
+
+// FsStatvfs asks the daemon for filesystem statistics (FUSE_STATFS on the
+// root).
+func (u *Usermount) FsStatvfs(ctx context.Context, cred *Cred) (*fuse.StatfsOut, error) {
+	m := u.newMsg(OpStatfs, u.root, 0, cred)
+	defer u.destroy(m)
+	if err := u.xchg(ctx, u.root, m, WaitReply); err != nil {
+		return nil, err
+	}
+	return decodeExact[fuse.StatfsOut](OpStatfs, m.OutPayload())
+}
+
+// FsUnmount sends FUSE_DESTROY, after which the daemon exits. A daemon that
+// does not implement it (ENOSYS) or is already gone (ENOTCONN) is not an
+// error: the session ends either way.
+func (u *Usermount) FsUnmount(ctx context.Context) error {
+	m := u.newMsg(OpDestroy, nil, 0, nil)
+	defer u.destroy(m)
+	err := u.xchg(ctx, nil, m, WaitReply)
+	if errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.ENOTCONN) {
+		return nil
+	}
+	return err
+}
+
+// errnoOf returns the errno an error stands for: 0 for nil, EIO when it
+// carries none.
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}

@@ -1,0 +1,389 @@
+// Package perfuse is a Go port of NetBSD's libperfuse: a userspace FUSE
+// client. It turns filesystem operations into FUSE kernel-protocol frames,
+// carries them over a local socket to an ordinary FUSE daemon (which
+// believes it is talking to /dev/fuse), and decodes the replies.
+//
+// It has two faces. The daemon side replaces open("/dev/fuse") and mount(2)
+// with [Open] and [Mount]. The relay side ([Init], [Usermount.FsInit],
+// [Usermount.Mainloop], the operation table) drives the daemon through
+// pluggable [Callbacks]; [SocketCallbacks] is the default socket transport
+// and [Attach] sets up a whole mount-free session on a socket in one call.
+//
+// # Names
+//
+// libperfuse → perfuse:
+//
+//	perfuse_open                Open
+//	perfuse_mount               Mount
+//	struct perfuse_mount_info   MountInfo (owner from peer credentials)
+//	(perfused get_mount_info)   ReadMountFrame, DecodeMountFrame, EncodeMountFrame
+//	struct perfuse_callbacks    Callbacks
+//	perfuse_msg_t               *Message
+//	pc_new_msg / pc_xchg_msg    Callbacks.NewMsg / Callbacks.XchgMsg
+//	pc_destroy_msg              Callbacks.DestroyMsg
+//	pc_get_inhdr/_inpayload     Callbacks.GetInHdr / GetInPayload (default: Message methods)
+//	pc_get_outhdr/_outpayload   Callbacks.GetOutHdr / GetOutPayload (default: Message methods)
+//	pc_umount                   Callbacks.Umount
+//	pc_fsreq                    Callbacks.FsReq (set by Init to Usermount.FsReq)
+//	perfuse_init                Init
+//	perfuse_fs_init             Usermount.FsInit
+//	perfuse_mainloop            Usermount.Mainloop
+//	perfuse_inloop              Usermount.InLoop
+//	perfuse_unmount             Usermount.Unmount
+//	perfuse_setspecific         Usermount.SetSpecific
+//	perfuse_getspecific         Usermount.Specific
+//	perfuse_next_unique         Usermount.NextUnique
+//	perfuse_get_nodeid          Usermount.NodeID (and Node.ID)
+//	perfuse_opname              OpName (and Opcode.String)
+//	perfuse_trace_dump          Usermount.TraceDump
+//	perfuse_fsreq               Usermount.FsReq
+//	perfuse_bufvar_from_env     BufVarFromEnv
+//	perfuse_diagflags           Diag, ParseDiag, WithDiag, Usermount.SetDiag
+//	PERFUSE_OPTIONS             WithAccess, WithCreat (the variable is read by Init)
+//	perfuse_fs_statvfs          Usermount.FsStatvfs
+//	perfuse_fs_unmount          Usermount.FsUnmount
+//	perfuse_node_lookup         Usermount.NodeLookup
+//	perfuse_node_getattr        Usermount.NodeGetattr
+//	perfuse_node_open           Usermount.NodeOpen
+//	perfuse_node_read           Usermount.NodeRead
+//	perfuse_node_readdir        Usermount.NodeReaddir
+//	perfuse_node_reclaim2       Usermount.NodeReclaim
+//	(release at inactive)       Usermount.NodeRelease (per open, as Linux)
+//
+// # Deviations from libperfuse
+//
+// Uniques start at 2 and step by 2, INTERRUPT uses unique|1, and requests
+// without a node carry nodeid 0, as Linux's kernel does. Every error (a short
+// or malformed reply, a positive status, a dead daemon, an INIT failure) is
+// returned to the caller as an errno (EPROTO, EIO, ENOTCONN…), never a
+// process exit. File handles are per open, each balanced by one RELEASE.
+package perfuse
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Wait says whether an exchange waits for the daemon's reply.
+type Wait int
+
+const (
+	// WaitReply blocks until the reply with the request's unique arrives.
+	WaitReply Wait = iota
+	// NoReply sends and returns; any reply goes to FsReq.
+	NoReply
+)
+
+// Callbacks is the pluggable message transport, as struct
+// perfuse_callbacks is. XchgMsg is required; the other fields have
+// defaults. A transport only moves bytes: it stores the reply frame with
+// Message.SetReply, and the Usermount checks it (length, status, protocol)
+// so a malformed reply is an error for that caller alone.
+type Callbacks struct {
+	// NewMsg allocates a request of payloadLen zeroed bytes after its in
+	// header. The Usermount fills the header (length, opcode, unique,
+	// nodeid, credentials) after it returns. Default: NewMessage.
+	NewMsg func(u *Usermount, op Opcode, payloadLen int) *Message
+	// XchgMsg sends m. With WaitReply it returns once m holds the reply
+	// with the same unique, whatever order replies come in; a transport
+	// failure is an error (ENOTCONN once the daemon is gone). Cancelling
+	// ctx should send FUSE_INTERRUPT and keep waiting.
+	XchgMsg func(ctx context.Context, u *Usermount, m *Message, wait Wait) error
+	// DestroyMsg releases m after use. Default: nothing (garbage collected).
+	DestroyMsg func(m *Message)
+	// Header and payload accessors, kept for ports of code written against
+	// libperfuse. Defaults: the Message methods.
+	GetInHdr      func(m *Message) *fuse.InHeader
+	GetInPayload  func(m *Message) []byte
+	GetOutHdr     func(m *Message) (fuse.OutHeader, bool)
+	GetOutPayload func(m *Message) []byte
+	// MaxFrame is the largest frame the transport carries; INIT caps
+	// max_write and read sizes by it. 0 means PERFUSE_BUFSIZE.
+	MaxFrame int
+	// Umount tears the transport down after DESTROY. Optional.
+	Umount func(u *Usermount)
+	// Start is called by Mainloop as the main loop begins, for a transport
+	// that reads replies in a goroutine of its own from then on. Optional.
+	// (Not in libperfuse, where puffs' main loop reads the socket.)
+	Start func(u *Usermount) error
+	// FsReq is an output: Init sets it to the Usermount's handler for
+	// unsolicited frames (notifications, replies nobody waits for). The
+	// transport must route such frames to it.
+	FsReq func(u *Usermount, m *Message)
+}
+
+// Init creates the session for the mount described by mi, as
+// perfuse_init does, and sets cb.FsReq. PERFUSE_OPTIONS is read here; opts
+// apply after it. Nothing is sent until FsInit.
+func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
+	if cb == nil || cb.XchgMsg == nil {
+		return nil, fmt.Errorf("perfuse: Init: callbacks without XchgMsg: %w", syscall.EINVAL)
+	}
+	conf := newConfig(opts)
+	u := &Usermount{
+		cb:    cb,
+		conf:  conf,
+		log:   conf.log,
+		nodes: make(map[uint64]*Node),
+		done:  make(chan struct{}),
+	}
+	if mi != nil {
+		u.mi = *mi
+		if u.mi.UID != 0 {
+			// A user's mount never honours setuid bits or devices
+			// (MNT_NOSUID|MNT_NODEV forced, as perfuse_init does).
+			u.mi.Flags |= mountNoSuid | mountNoDev
+		}
+	}
+	u.diag.Store(uint32(conf.diag))
+	u.noAccess.Store(conf.noAccess)
+	u.noCreat.Store(conf.noCreat)
+	u.unique.Store(0)
+	u.root = &Node{id: RootID}
+	u.root.mode.Store(syscall.S_IFDIR)
+	u.root.name.Store("")
+	u.nodes[RootID] = u.root
+	u.trace.init()
+	cb.FsReq = func(_ *Usermount, m *Message) { u.FsReq(m) }
+	return u, nil
+}
+
+// Linux mount flags forced on for non-root owners.
+const (
+	mountNoSuid = 0x2 // MS_NOSUID
+	mountNoDev  = 0x4 // MS_NODEV
+)
+
+// MountInfo returns the mount this session serves, with the effective flags.
+func (u *Usermount) MountInfo() MountInfo { return u.mi }
+
+// Root returns the root node (nodeid 1).
+func (u *Usermount) Root() *Node { return u.root }
+
+// FsInit performs the FUSE INIT handshake, as perfuse_fs_init does after
+// its kernel mount. A mount-free session (as this package alone gives)
+// does INIT only; the kernel mount is the relay's job. An INIT failure is
+// returned.
+func (u *Usermount) FsInit(ctx context.Context) error {
+	return u.init(ctx)
+}
+
+// Mainloop runs the session until it ends: after Unmount, or when the
+// transport reports the daemon gone through Shutdown. It returns nil after
+// a clean unmount.
+func (u *Usermount) Mainloop() error {
+	u.startLoop()
+	<-u.done
+	return u.doneErr
+}
+
+func (u *Usermount) startLoop() {
+	if u.inLoop.Swap(true) {
+		return
+	}
+	if u.cb.Start != nil {
+		if err := u.cb.Start(u); err != nil {
+			u.Shutdown(err)
+		}
+	}
+}
+
+// InLoop reports whether Mainloop has started.
+func (u *Usermount) InLoop() bool { return u.inLoop.Load() }
+
+// Done is closed when the session has ended.
+func (u *Usermount) Done() <-chan struct{} { return u.done }
+
+// Shutdown ends the session with err (nil for a clean end): Mainloop
+// returns err. Transports call it when the daemon is gone.
+func (u *Usermount) Shutdown(err error) {
+	u.doneOnce.Do(func() {
+		u.doneErr = err
+		close(u.done)
+	})
+}
+
+// Unmount ends the session: FUSE_DESTROY, then the Umount callback. It is
+// perfuse_unmount and perfuse_fs_unmount in one; a relay that owns a kernel
+// mount removes it before calling this.
+func (u *Usermount) Unmount(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- u.FsUnmount(ctx) }()
+	var err error
+	// A hung daemon must not hang the unmount: past the deadline the
+	// transport is torn down, which ends the DESTROY exchange too.
+	wait, cancel := context.WithTimeout(ctx, destroyTimeout)
+	defer cancel()
+	select {
+	case err = <-errc:
+	case <-wait.Done():
+		err = fmt.Errorf("perfuse: DESTROY unanswered: %w", syscall.ETIMEDOUT)
+	}
+	if u.cb.Umount != nil {
+		u.cb.Umount(u)
+	}
+	u.Shutdown(nil)
+	return err
+}
+
+// destroyTimeout bounds how long Unmount waits for DESTROY's reply.
+const destroyTimeout = 5 * time.Second
+
+// SetSpecific stores the relay's own value (perfuse_setspecific).
+func (u *Usermount) SetSpecific(v any) { u.specific.Store(&v) }
+
+// Specific returns the value stored by SetSpecific, or nil.
+func (u *Usermount) Specific() any {
+	if p, _ := u.specific.Load().(*any); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// NextUnique returns the unique for a new request: 2, 4, 6, … (the kernel's
+// numbering; odd values are INTERRUPTs, 0 is for notifications).
+func (u *Usermount) NextUnique() uint64 { return u.unique.Add(2) }
+
+// NodeID returns n's nodeid, or 0 for nil (requests without a node).
+func (u *Usermount) NodeID(n *Node) uint64 {
+	if n == nil {
+		return 0
+	}
+	return n.id
+}
+
+// SetNotifyHandler registers the handler for daemon notifications. Without
+// one they are logged and dropped.
+func (u *Usermount) SetNotifyHandler(h func(*Notification)) {
+	if h == nil {
+		u.notify.Store(nil)
+		return
+	}
+	u.notify.Store(&h)
+}
+
+// FsReq handles an unsolicited frame, as perfuse_fsreq does: a
+// notification (unique 0) goes to the notification handler; for a reply
+// nobody waits for, success and ENOENT are dropped quietly and anything
+// else is logged.
+func (u *Usermount) FsReq(m *Message) {
+	defer u.destroy(m)
+	h, ok := m.OutHeader()
+	if !ok {
+		u.log.Warn("perfuse: unsolicited frame shorter than a header", "bytes", len(m.Reply()))
+		return
+	}
+	if h.Unique == 0 {
+		u.gotNotification(NotifyCode(-h.Status), m.OutPayload())
+		return
+	}
+	switch syscall.Errno(-h.Status) {
+	case 0, syscall.ENOENT:
+	case syscall.ENOTCONN, syscall.EAGAIN, syscall.EMSGSIZE:
+		u.log.Warn("perfuse: operation failed", "unique", h.Unique, "error", syscall.Errno(-h.Status))
+	default:
+		u.log.Warn("perfuse: unexpected frame", "unique", h.Unique, "error", h.Status)
+	}
+}
+
+func (u *Usermount) gotNotification(code NotifyCode, payload []byte) {
+	n, err := ParseNotification(code, payload)
+	if err != nil {
+		u.log.Warn("perfuse: bad notification dropped", "err", err)
+		return
+	}
+	if h := u.notify.Load(); h != nil {
+		(*h)(n)
+		return
+	}
+	u.log.Info("perfuse: notification dropped: no handler", "code", code, "nodeid", n.Nodeid)
+}
+
+func (u *Usermount) destroy(m *Message) {
+	if u.cb.DestroyMsg != nil {
+		u.cb.DestroyMsg(m)
+	}
+}
+
+// newMsg builds a request on node n (nil: no node) for cred.
+func (u *Usermount) newMsg(op Opcode, n *Node, payloadLen int, cred *Cred) *Message {
+	var m *Message
+	if u.cb.NewMsg != nil {
+		m = u.cb.NewMsg(u, op, payloadLen)
+	}
+	if m == nil || len(m.in) != inHeaderSize+payloadLen {
+		m = NewMessage(op, payloadLen)
+	}
+	h := m.InHeader()
+	h.Length = uint32(len(m.in))
+	h.Opcode = uint32(op)
+	h.Unique = u.NextUnique()
+	h.NodeId = u.NodeID(n)
+	if cred != nil {
+		h.Uid, h.Gid, h.Pid = cred.Uid, cred.Gid, cred.Pid
+	}
+	return m
+}
+
+// xchg sends m and checks its reply: the header must echo the unique, its
+// length match the frame, its status be a negated errno, and a successful
+// payload be outSize bytes when the opcode has a fixed reply size. The
+// returned error is the daemon's errno or a protocol error (EPROTO).
+func (u *Usermount) xchg(ctx context.Context, n *Node, m *Message, wait Wait) error {
+	op := m.Opcode()
+	rec := u.trace.begin(u, op, n, m)
+	u.xchgCount.Add(1)
+	u.inFlight.Add(1)
+	err := u.cb.XchgMsg(ctx, u, m, wait)
+	u.inFlight.Add(-1)
+	if err == nil && wait == WaitReply {
+		err = u.checkReply(op, m)
+	}
+	u.trace.end(u, rec, err)
+	u.logExchange(m, err)
+	return err
+}
+
+func (u *Usermount) checkReply(op Opcode, m *Message) error {
+	h, ok := m.OutHeader()
+	if !ok {
+		return errProto(op, "frame of %d bytes has no header", len(m.out))
+	}
+	if int(h.Length) != len(m.out) {
+		return errProto(op, "header length %d, frame %d bytes", h.Length, len(m.out))
+	}
+	if h.Unique != m.InHeader().Unique {
+		return errProto(op, "unique %d answers request %d", h.Unique, m.InHeader().Unique)
+	}
+	if err := replyErrno(op, h.Status); err != nil {
+		return err
+	}
+	want := opTable[op].outSize
+	if got := len(m.OutPayload()); want != replyVariable && got != want {
+		return errProto(op, "payload is %d bytes, want %d", got, want)
+	}
+	return nil
+}
+
+func (u *Usermount) logExchange(m *Message, err error) {
+	d := Diag(u.diag.Load())
+	if d&DiagFuse != 0 {
+		h := m.InHeader()
+		u.log.Info("perfuse: exchange", "unique", h.Unique, "nodeid", h.NodeId, "opcode", Opcode(h.Opcode), "err", err)
+	}
+	if d&DiagDump != 0 {
+		u.log.Info("perfuse: frames", "request", fmt.Sprintf("% x", m.in), "reply", fmt.Sprintf("% x", m.out))
+	}
+}
+
+// logf logs at debug level when class is enabled.
+func (u *Usermount) debug(class Diag, msg string, args ...any) {
+	if Diag(u.diag.Load())&class != 0 {
+		u.log.Log(context.Background(), slog.LevelInfo, msg, args...)
+	}
+}

@@ -1,0 +1,79 @@
+package perfuse
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/perfuse-go/perfuse/internal/transport"
+)
+
+// SocketCallbacks returns Callbacks that carry frames over f, a connected
+// SEQPACKET (or DGRAM) socket whose peer is a FUSE daemon: the transport
+// perfused uses. It takes ownership of f. Any number of goroutines may have
+// requests in flight; replies are matched by unique. Before Mainloop,
+// exchanges read the socket themselves (the pre-loop mode INIT uses); from
+// Mainloop on a reader goroutine does. When the daemon goes away every
+// waiter gets ENOTCONN and the session is shut down.
+func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
+	conf := newConfig(opts)
+	cb := &Callbacks{}
+	// Frames are read only during an exchange or after Start, both after
+	// Init has set FsReq.
+	conn, err := transport.New(f, func(frame []byte) {
+		if cb.FsReq == nil {
+			conf.log.Warn("perfuse: unsolicited frame before Init dropped", "bytes", len(frame))
+			return
+		}
+		m := &Message{}
+		m.SetReply(frame)
+		cb.FsReq(nil, m)
+	}, conf.log)
+	if err != nil {
+		return nil, err
+	}
+	cb.MaxFrame = conn.MaxFrame()
+	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
+		if wait == NoReply {
+			return conn.Send(m.Request())
+		}
+		reply, err := conn.Exchange(ctx, m.Request())
+		if err != nil {
+			return err
+		}
+		m.SetReply(reply)
+		return nil
+	}
+	cb.Start = func(um *Usermount) error {
+		go func() {
+			<-conn.Done()
+			um.Shutdown(conn.Err())
+		}()
+		conn.Start()
+		return nil
+	}
+	cb.Umount = func(*Usermount) { conn.Close() }
+	return cb, nil
+}
+
+// Attach starts a mount-free session with the FUSE daemon at the other end
+// of f: socket transport, Init, the INIT handshake, and the main loop in a
+// goroutine. Unmount ends it. The returned Usermount's operations may be
+// called from any goroutine.
+func Attach(ctx context.Context, f *os.File, mi *MountInfo, opts ...Option) (*Usermount, error) {
+	cb, err := SocketCallbacks(f, opts...)
+	if err != nil {
+		return nil, err
+	}
+	u, err := Init(cb, mi, opts...)
+	if err != nil {
+		cb.Umount(nil)
+		return nil, err
+	}
+	if err := u.FsInit(ctx); err != nil {
+		cb.Umount(u)
+		return nil, fmt.Errorf("perfuse: attach: %w", err)
+	}
+	u.startLoop()
+	return u, nil
+}

@@ -1,0 +1,164 @@
+package perfuse
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// traceMax is how many finished records are kept (PERFUSE_TRACECOUNT_MAX).
+const traceMax = 4096
+
+// traceRecord is one exchange as perfuse_trace records it.
+type traceRecord struct {
+	op         Opcode
+	path       string
+	extra      string
+	err        error
+	done       bool
+	start, end time.Time
+}
+
+// tracer keeps the records of the last exchanges while DiagTrace is on.
+type tracer struct {
+	mu      sync.Mutex
+	records []*traceRecord // oldest first
+}
+
+func (t *tracer) init() {}
+
+func (t *tracer) begin(u *Usermount, op Opcode, n *Node, m *Message) *traceRecord {
+	if Diag(u.diag.Load())&DiagTrace == 0 {
+		return nil
+	}
+	r := &traceRecord{op: op, start: time.Now()}
+	if n != nil {
+		r.path = n.Name()
+	}
+	if op == OpLookup {
+		r.extra = fmt.Sprintf("path = %q", cString(m.InPayload()))
+	}
+	t.mu.Lock()
+	t.records = append(t.records, r)
+	t.mu.Unlock()
+	return r
+}
+
+func (t *tracer) end(u *Usermount, r *traceRecord, err error) {
+	if r == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r.end, r.err, r.done = time.Now(), err, true
+	// Drop the oldest records, stopping at one still in flight.
+	drop := 0
+	for len(t.records)-drop > traceMax && t.records[drop].done {
+		drop++
+	}
+	if drop > 0 {
+		t.records = append(t.records[:0:0], t.records[drop:]...)
+	}
+}
+
+// TraceDump writes the trace report in perfuse_trace_dump's format: the
+// last operations, statistics by operation, global statistics. Like
+// upstream it writes nothing unless DiagTrace is on.
+func (u *Usermount) TraceDump(w io.Writer) error {
+	if Diag(u.diag.Load())&DiagTrace == 0 {
+		return nil
+	}
+	u.trace.mu.Lock()
+	records := make([]traceRecord, len(u.trace.records))
+	for i, r := range u.trace.records {
+		records[i] = *r
+	}
+	u.trace.mu.Unlock()
+
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "Last %d operations\n", len(records))
+	for _, r := range records {
+		fmt.Fprintf(bw, "%s %s ", timespec(r.start.Sub(time.Unix(0, 0))), OpName(r.op))
+		if r.path != "" {
+			fmt.Fprintf(bw, "%q ", r.path)
+		}
+		fmt.Fprintf(bw, "%s ", r.extra)
+		if r.done {
+			fmt.Fprintf(bw, "error = %d elapsed = %s ", errnoOf(r.err), timespec(r.end.Sub(r.start)))
+		} else {
+			fmt.Fprint(bw, "ongoing ")
+		}
+		fmt.Fprintln(bw)
+	}
+	fmt.Fprintln(bw, "Statistics by operation")
+	fmt.Fprintln(bw, "operation\tcount\tmin\tavg\tmax")
+	for _, s := range traceStats(records) {
+		fmt.Fprintf(bw, "%s\t%d\t%s\t%s\t%s\n", OpName(s.Op), s.Count, timespec(s.Min), timespec(s.Avg), timespec(s.Max))
+	}
+	fmt.Fprintln(bw, "Global statistics")
+	fmt.Fprintf(bw, "Nodes: %d\n", u.NodeCount())
+	fmt.Fprintf(bw, "Exchanges: %d\n", u.xchgCount.Load())
+	fmt.Fprintf(bw, "Nodes possibly leaked: %d\n", 0)
+	return bw.Flush()
+}
+
+// OpStats is the trace statistics of one opcode.
+type OpStats struct {
+	Op            Opcode
+	Count         int
+	Min, Avg, Max time.Duration
+}
+
+// TraceStats returns the statistics of the finished exchanges in the
+// trace, one row per opcode 0..53 as TraceDump prints them.
+func (u *Usermount) TraceStats() []OpStats {
+	u.trace.mu.Lock()
+	records := make([]traceRecord, len(u.trace.records))
+	for i, r := range u.trace.records {
+		records[i] = *r
+	}
+	u.trace.mu.Unlock()
+	return traceStats(records)
+}
+
+func traceStats(records []traceRecord) []OpStats {
+	stats := make([]OpStats, maxOpcode+1)
+	var sum [maxOpcode + 1]time.Duration
+	for i := range stats {
+		stats[i].Op = Opcode(i)
+	}
+	for _, r := range records {
+		if !r.done || r.op > maxOpcode {
+			continue
+		}
+		s, d := &stats[r.op], r.end.Sub(r.start)
+		if s.Count == 0 || d < s.Min {
+			s.Min = d
+		}
+		s.Max = max(s.Max, d)
+		s.Count++
+		sum[r.op] += d
+	}
+	for i := range stats {
+		if stats[i].Count > 0 {
+			stats[i].Avg = sum[i] / time.Duration(stats[i].Count)
+		}
+	}
+	return stats
+}
+
+func timespec(d time.Duration) string {
+	return fmt.Sprintf("%d.%09d", d/time.Second, d%time.Second)
+}
+
+// cString returns b up to its first NUL.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
