@@ -268,7 +268,8 @@ func (u *Usermount) SetNotifyHandler(h func(*Notification)) {
 }
 
 // FsReq handles an unsolicited frame, as perfuse_fsreq does: a
-// notification (unique 0) goes to the notification handler; for a reply
+// notification (unique 0, its code in the status field) goes to the
+// notification handler; for a reply
 // nobody waits for, success and ENOENT are dropped quietly and anything
 // else is logged.
 func (u *Usermount) FsReq(m *Message) {
@@ -279,7 +280,7 @@ func (u *Usermount) FsReq(m *Message) {
 		return
 	}
 	if h.Unique == 0 {
-		u.gotNotification(NotifyCode(-h.Status), m.OutPayload())
+		u.gotNotification(NotifyCode(h.Status), m.OutPayload())
 		return
 	}
 	switch syscall.Errno(-h.Status) {
