@@ -149,3 +149,10 @@ func applyPerfuseOptions(c *config, s string) {
 		}
 	}
 }
+
+// SetDiag replaces the session's diagnostic classes (perfused's -d and its
+// SIGUSR1 trace toggle).
+func (u *Usermount) SetDiag(d Diag) { u.diag.Store(uint32(d)) }
+
+// Diag returns the session's diagnostic classes.
+func (u *Usermount) Diag() Diag { return Diag(u.diag.Load()) }

@@ -56,6 +56,7 @@ type Conn struct {
 	maxSend   int
 	readBuf   []byte
 	running   atomic.Bool
+	joined    atomic.Int64 // replies that came split over several records
 	startOnce sync.Once
 	done      chan struct{}
 
@@ -125,6 +126,10 @@ func New(f *os.File, unsolicited func(frame []byte), log *slog.Logger) (*Conn, e
 
 // MaxFrame is the largest record this side can send.
 func (c *Conn) MaxFrame() int { return c.maxSend }
+
+// SplitReplies returns how many replies arrived split over several records
+// and were joined.
+func (c *Conn) SplitReplies() int64 { return c.joined.Load() }
 
 // Done is closed when the connection is gone.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -295,6 +300,9 @@ func (c *Conn) dispatch(rec []byte) {
 		}
 		rec = append(c.partial, rec...)
 		c.partial = nil
+		if len(rec) >= int(le.Uint32(rec)) {
+			c.joined.Add(1)
+		}
 	}
 	if len(rec) < outHeaderSize {
 		c.mu.Unlock()
