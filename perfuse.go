@@ -94,10 +94,11 @@ type Callbacks struct {
 	// failure is an error (ENOTCONN once the daemon is gone). Cancelling
 	// ctx should send FUSE_INTERRUPT and keep waiting.
 	XchgMsg func(ctx context.Context, u *Usermount, m *Message, wait Wait) error
-	// DestroyMsg releases m after use. Default: nothing (garbage collected).
+	// DestroyMsg releases m after use. Default: nothing (garbage
+	// collected); a transport that pools buffers recycles them here.
 	DestroyMsg func(m *Message)
-	// Header and payload accessors, kept for ports of code written against
-	// libperfuse. Defaults: the Message methods.
+	// Header and payload accessors, for relay code ported from libperfuse.
+	// Init fills the nil ones with the Message methods.
 	GetInHdr      func(m *Message) *fuse.InHeader
 	GetInPayload  func(m *Message) []byte
 	GetOutHdr     func(m *Message) (fuse.OutHeader, bool)
@@ -149,8 +150,32 @@ func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 	u.root.name.Store("")
 	u.nodes[RootID] = u.root
 	u.trace.init()
+	fillDefaults(cb)
 	cb.FsReq = func(_ *Usermount, m *Message) { u.FsReq(m) }
 	return u, nil
+}
+
+// fillDefaults sets the callbacks left nil, so relay code can call any of
+// them as it would libperfuse's.
+func fillDefaults(cb *Callbacks) {
+	if cb.NewMsg == nil {
+		cb.NewMsg = func(_ *Usermount, op Opcode, n int) *Message { return NewMessage(op, n) }
+	}
+	if cb.DestroyMsg == nil {
+		cb.DestroyMsg = func(*Message) {}
+	}
+	if cb.GetInHdr == nil {
+		cb.GetInHdr = (*Message).InHeader
+	}
+	if cb.GetInPayload == nil {
+		cb.GetInPayload = (*Message).InPayload
+	}
+	if cb.GetOutHdr == nil {
+		cb.GetOutHdr = (*Message).OutHeader
+	}
+	if cb.GetOutPayload == nil {
+		cb.GetOutPayload = (*Message).OutPayload
+	}
 }
 
 // Linux mount flags forced on for non-root owners.
