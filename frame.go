@@ -142,7 +142,7 @@ var opTable = map[Opcode]opInfo{
 	OpLseek:           {"LSEEK", inSize[fuse.LseekIn](), outSize[fuse.LseekOut]()},
 	OpCopyFileRange:   {"COPY_FILE_RANGE", inSize[fuse.CopyFileRangeIn](), outSize[fuse.WriteOut]()},
 	OpSetupmapping:    {"SETUPMAPPING", 40, replyNone},
-	OpRemovemapping:   {"REMOVEMAPPING", 8, replyNone},
+	OpRemovemapping:   {"REMOVEMAPPING", 4, replyNone},
 	OpSyncfs:          {"SYNCFS", 8, replyNone},
 	OpTmpfile:         {"TMPFILE", inSize[fuse.CreateIn](), outSize[fuse.CreateOut]()},
 	OpStatx:           {"STATX", inSize[fuse.StatxIn](), outSize[fuse.StatxOut]()},
@@ -177,6 +177,7 @@ type Message struct {
 // NewMessage allocates a request of payloadLen zeroed payload bytes after an
 // in header whose length and opcode are filled in. It is the default NewMsg.
 func NewMessage(op Opcode, payloadLen int) *Message {
+	payloadLen = max(payloadLen, 0)
 	// Backed by uint64s so the header can be viewed in place.
 	words := make([]uint64, (inHeaderSize+payloadLen+7)/8)
 	b := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), inHeaderSize+payloadLen)
@@ -190,16 +191,30 @@ func NewMessage(op Opcode, payloadLen int) *Message {
 // Request returns the request frame as sent on the wire.
 func (m *Message) Request() []byte { return m.in }
 
-// InHeader returns the request's header, in place.
+// InHeader returns the request's header, in place, or nil for a message
+// that holds only a reply (an unsolicited frame).
 func (m *Message) InHeader() *fuse.InHeader {
+	if len(m.in) < inHeaderSize {
+		return nil
+	}
 	return (*fuse.InHeader)(unsafe.Pointer(&m.in[0]))
 }
 
 // InPayload returns the request payload that follows the in header.
-func (m *Message) InPayload() []byte { return m.in[inHeaderSize:] }
+func (m *Message) InPayload() []byte {
+	if len(m.in) < inHeaderSize {
+		return nil
+	}
+	return m.in[inHeaderSize:]
+}
 
-// Opcode returns the request's opcode.
-func (m *Message) Opcode() Opcode { return Opcode(m.InHeader().Opcode) }
+// Opcode returns the request's opcode, 0 when there is no request.
+func (m *Message) Opcode() Opcode {
+	if h := m.InHeader(); h != nil {
+		return Opcode(h.Opcode)
+	}
+	return 0
+}
 
 // SetReply stores the reply frame. Transports call it; the frame is kept,
 // not copied.
@@ -272,14 +287,14 @@ func decodeAtLeast[T any](op Opcode, b []byte, min int) (*T, error) {
 	return v, nil
 }
 
-// replyErrno converts a reply's status: 0 is success, -1..-4095 an errno,
-// and anything else (a positive value, upstream's "positive errno"
-// warning) a protocol error.
+// replyErrno converts a reply's status: 0 is success, -1..-511 an errno
+// (the range the kernel accepts), and anything else (a positive value,
+// upstream's "positive errno" warning) a protocol error.
 func replyErrno(op Opcode, status int32) error {
 	switch {
 	case status == 0:
 		return nil
-	case status < 0 && status >= -4095:
+	case status < 0 && status > -512:
 		return syscall.Errno(-status)
 	default:
 		return errProto(op, "status %d is not a negated errno", status)
@@ -356,7 +371,7 @@ func walkDirents(b []byte, prefix int, fn func(rec []byte, d Dirent) bool) error
 }
 
 // NotifyCode is the code of an unsolicited notification from the daemon,
-// carried negated in the status field of a frame with unique 0.
+// carried in the status field of a frame with unique 0.
 type NotifyCode int32
 
 // Notification codes, as in the kernel's enum fuse_notify_code.
@@ -406,7 +421,7 @@ type Notification struct {
 }
 
 // ParseNotification decodes the payload of a notification frame whose
-// status field is -code. Lengths are checked as the kernel checks them: a
+// status field is code. Lengths are checked as the kernel checks them: a
 // name must be exactly namelen bytes and a NUL, store data exactly size
 // bytes.
 func ParseNotification(code NotifyCode, b []byte) (*Notification, error) {

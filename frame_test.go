@@ -204,12 +204,12 @@ func TestParseNotification(t *testing.T) {
 }
 
 func TestReplyErrno(t *testing.T) {
-	for status, want := range map[int32]error{0: nil, -2: syscall.ENOENT, -4095: syscall.Errno(4095)} {
+	for status, want := range map[int32]error{0: nil, -2: syscall.ENOENT, -511: syscall.Errno(511)} {
 		if err := replyErrno(OpLookup, status); err != want {
 			t.Errorf("status %d: %v, want %v", status, err, want)
 		}
 	}
-	for _, status := range []int32{1, 5, -4096, -1 << 31} {
+	for _, status := range []int32{1, 5, -512, -4095, -1 << 31} {
 		if err := replyErrno(OpLookup, status); !errors.Is(err, syscall.EPROTO) {
 			t.Errorf("status %d: %v, want EPROTO", status, err)
 		}

@@ -220,7 +220,9 @@ func ReadMountFrame(f *os.File) (*MountInfo, error) {
 		if err != nil {
 			return
 		}
-		if cred == nil {
+		// Credentials attached by a SO_PASSCRED turned on after the frame
+		// was queued are the kernel's "nobody" with pid 0: not the sender.
+		if cred == nil || cred.Pid == 0 {
 			cred, err = sock.PeerCred(int(fd))
 			// An unconnected DGRAM socket has no peer: pid 0.
 			if err == nil && cred.Pid == 0 {

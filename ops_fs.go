@@ -95,7 +95,7 @@ func (u *Usermount) negotiate(out *fuse.InitOut) *limits {
 	if l.flags&fuse.CAP_MAX_PAGES != 0 && l.maxPages > 0 {
 		pages = int(l.maxPages)
 	}
-	l.maxRead = min(pages*pageSize, frame-outHeaderSize)
+	l.maxRead = min(pages*pageSize, (frame-outHeaderSize)&^(pageSize-1))
 	if l.maxWrite > pageSize {
 		l.maxWrite &^= pageSize - 1
 	}

@@ -26,7 +26,8 @@ func BufVarFromEnv(name string, def uint32) uint32 {
 	}
 	// strtoi's base 0 knows 0x and leading-0 octal, not Go's 0o, 0b or _.
 	v, err := strconv.ParseUint(s, 0, 32)
-	if err != nil || strings.ContainsAny(s, "_oObB") {
+	if err != nil || strings.Contains(s, "_") || strings.HasPrefix(s, "0o") || strings.HasPrefix(s, "0O") ||
+		strings.HasPrefix(s, "0b") || strings.HasPrefix(s, "0B") {
 		slog.Warn("perfuse: conversion to uint32_t failed", "var", name, "value", s, "using", def)
 		return def
 	}

@@ -237,8 +237,11 @@ func (u *Usermount) Shutdown(err error) {
 // perfuse_unmount and perfuse_fs_unmount in one; a relay that owns a kernel
 // mount removes it before calling this.
 func (u *Usermount) Unmount(ctx context.Context) error {
+	u.unmounting.Store(true)
 	errc := make(chan error, 1)
-	go func() { errc <- u.FsUnmount(ctx) }()
+	// The kernel never interrupts DESTROY; the deadline below tears the
+	// transport down instead.
+	go func() { errc <- u.FsUnmount(context.WithoutCancel(ctx)) }()
 	var err error
 	// A hung daemon must not hang the unmount: past the deadline the
 	// transport is torn down, which ends the DESTROY exchange too.
@@ -310,6 +313,7 @@ func (u *Usermount) FsReq(m *Message) {
 	}
 	switch syscall.Errno(-h.Status) {
 	case 0, syscall.ENOENT:
+		u.debug(DiagFuse, "perfuse: unsolicited reply", "unique", h.Unique, "error", syscall.Errno(-h.Status))
 	case syscall.ENOTCONN, syscall.EAGAIN, syscall.EMSGSIZE:
 		u.log.Warn("perfuse: operation failed", "unique", h.Unique, "error", syscall.Errno(-h.Status))
 	default:
@@ -387,6 +391,10 @@ func (u *Usermount) checkReply(op Opcode, m *Message) error {
 		return errProto(op, "unique %d answers request %d", h.Unique, m.InHeader().Unique)
 	}
 	if err := replyErrno(op, h.Status); err != nil {
+		if len(m.OutPayload()) != 0 {
+			// The kernel refuses error replies that carry a payload.
+			return errProto(op, "error %d with %d bytes of payload", h.Status, len(m.OutPayload()))
+		}
 		return err
 	}
 	want := opTable[op].outSize

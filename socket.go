@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/perfuse-go/perfuse/internal/sock"
 	"github.com/perfuse-go/perfuse/internal/transport"
 )
 
@@ -17,6 +18,9 @@ import (
 // waiter gets ENOTCONN and the session is shut down.
 func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	conf := newConfig(opts)
+	if err := sock.SetBuffers(int(f.Fd()), conf.bufSize); err != nil {
+		conf.log.Warn("perfuse: socket buffers not set", "size", conf.bufSize, "err", err)
+	}
 	cb := &Callbacks{}
 	// Frames are read only during an exchange or after Start, both after
 	// Init has set FsReq.
@@ -47,6 +51,12 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	cb.Start = func(um *Usermount) error {
 		go func() {
 			<-conn.Done()
+			if um.unmounting.Load() {
+				// Daemons exit once DESTROY is answered: that is the
+				// clean end, not a failure.
+				um.Shutdown(nil)
+				return
+			}
 			um.Shutdown(conn.Err())
 		}()
 		conn.Start()

@@ -99,9 +99,10 @@ type Usermount struct {
 
 	trace tracer
 
-	doneOnce sync.Once
-	done     chan struct{}
-	doneErr  error
+	unmounting atomic.Bool // Unmount has begun: the daemon's leaving is expected
+	doneOnce   sync.Once
+	done       chan struct{}
+	doneErr    error
 }
 
 func (u *Usermount) limits() *limits {

@@ -573,3 +573,59 @@ func TestUnmountHungDaemon(t *testing.T) {
 	}
 	t.Logf("Unmount gave up after %v", time.Since(start).Round(time.Millisecond))
 }
+
+// A notification handler runs away from the socket reader: it may send
+// requests of its own, and replies keep flowing meanwhile.
+func TestNotificationHandlerMayCallBack(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(uint32(OpGetattr)).AnyTimes().Reply(attrOut(1, syscall.S_IFDIR|0o755, 9))
+	done := make(chan error, 1)
+	u.SetNotifyHandler(func(*Notification) {
+		_, err := u.NodeGetattr(testCtx(t), nil, u.Root(), nil)
+		done <- err
+	})
+	p.Send(fakepeer.NotifyFrame(int32(NotifyInvalInode), uint64(1), uint64(0), uint64(0)))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a handler that calls back into the session deadlocked it")
+	}
+}
+
+// A daemon that exits as soon as it has answered DESTROY ends the session
+// cleanly: Mainloop returns nil.
+func TestMainloopCleanAfterUnmount(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		p, conn := fakepeer.New(t)
+		p.ServeInit(31, 128<<10, 0)
+		p.Expect(uint32(OpDestroy)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+			go p.Kill()
+			return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0)}
+		})
+		u, err := Attach(testCtx(t), conn, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loop := make(chan error, 1)
+		go func() { loop <- u.Mainloop() }()
+		if err := u.Unmount(testCtx(t)); err != nil {
+			t.Fatalf("Unmount: %v", err)
+		}
+		if err := <-loop; err != nil {
+			t.Fatalf("run %d: Mainloop after a clean unmount: %v", i, err)
+		}
+	}
+}
+
+func TestAttachSilentDaemonHonoursContext(t *testing.T) {
+	p, conn := fakepeer.New(t)
+	p.Expect(uint32(OpInit)).NoReply()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := Attach(ctx, conn, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Attach to a silent daemon: %v, want the deadline", err)
+	}
+}

@@ -26,6 +26,11 @@ const (
 	// sendSlack is what AF_UNIX takes from SO_SNDBUF for its own
 	// accounting: a record larger than sndbuf - 32 fails with EMSGSIZE.
 	sendSlack = 32
+	// partialTimeout is how long a split reply may wait for its next
+	// record: a splicing daemon sends the pieces back to back.
+	partialTimeout = 2 * time.Second
+	// unsolQueue bounds the unsolicited frames waiting for the handler.
+	unsolQueue = 1024
 	// interruptRetry is how long to wait before re-sending an INTERRUPT
 	// that the daemon answered with EAGAIN.
 	interruptRetry = 10 * time.Millisecond
@@ -53,6 +58,7 @@ type Conn struct {
 	rc        syscall.RawConn
 	log       *slog.Logger
 	unsol     func(frame []byte)
+	unsolQ    chan []byte // drained by its own goroutine: handlers may call back in
 	maxSend   int
 	readBuf   []byte
 	running   atomic.Bool
@@ -62,11 +68,12 @@ type Conn struct {
 
 	readMu sync.Mutex
 
-	mu          sync.Mutex
-	pending     map[uint64]chan result
-	partial     []byte // a reply whose later records are still to come
-	err         error
-	noInterrupt bool
+	mu           sync.Mutex
+	pending      map[uint64]chan result
+	partial      []byte // a reply whose later records are still to come
+	partialTimer *time.Timer
+	err          error
+	noInterrupt  bool
 }
 
 // New takes ownership of f, a connected SEQPACKET or DGRAM socket, and
@@ -120,7 +127,9 @@ func New(f *os.File, unsolicited func(frame []byte), log *slog.Logger) (*Conn, e
 		readBuf: make([]byte, max(sndbuf, rcvbuf)+1),
 		done:    make(chan struct{}),
 		pending: make(map[uint64]chan result),
+		unsolQ:  make(chan []byte, unsolQueue),
 	}
+	go c.unsolicitedLoop()
 	return c, nil
 }
 
@@ -197,7 +206,7 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 		return nil, err
 	}
 	if !c.running.Load() {
-		return c.waitSync(ch)
+		return c.waitSync(ctx, unique, ch)
 	}
 	select {
 	case r := <-ch:
@@ -211,7 +220,10 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 
 // waitSync is the pre-loop wait: read records in this goroutine until the
 // reply for ch has been dispatched.
-func (c *Conn) waitSync(ch chan result) ([]byte, error) {
+func (c *Conn) waitSync(ctx context.Context, unique uint64, ch chan result) ([]byte, error) {
+	// Cancelling ctx wakes a blocked read through the read deadline.
+	stop := context.AfterFunc(ctx, func() { c.f.SetReadDeadline(time.Now()) })
+	defer stop()
 	for {
 		select {
 		case r := <-ch:
@@ -230,6 +242,20 @@ func (c *Conn) waitSync(ch chan result) ([]byte, error) {
 		default:
 		}
 		err := c.readOne()
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+			c.f.SetReadDeadline(time.Time{})
+			c.readMu.Unlock()
+			c.mu.Lock()
+			_, waiting := c.pending[unique]
+			delete(c.pending, unique)
+			c.mu.Unlock()
+			if !waiting {
+				// The reply was dispatched meanwhile.
+				r := <-ch
+				return r.frame, r.err
+			}
+			return nil, fmt.Errorf("transport: %w: %w", ctx.Err(), syscall.EINTR)
+		}
 		c.readMu.Unlock()
 		if err != nil {
 			c.fail(err)
@@ -265,6 +291,8 @@ func (c *Conn) readOne() error {
 		err = rerr
 	}
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return err
 	case err != nil:
 		if errors.Is(err, os.ErrClosed) {
 			return fmt.Errorf("transport: closed: %w", ErrClosed)
@@ -289,17 +317,16 @@ func (c *Conn) readOne() error {
 func (c *Conn) dispatch(rec []byte) {
 	c.mu.Lock()
 	if c.partial != nil {
-		if c.startsFrame(rec) {
-			// The daemon moved on without finishing the split reply.
-			p := c.partial
-			c.partial = nil
+		if c.wholeFrame(rec) {
+			// Another frame between the pieces (a notification, an
+			// INTERRUPT's answer, another waiter's reply): it stands
+			// alone and the split reply goes on waiting for its pieces.
 			c.mu.Unlock()
-			c.failFrame(p, fmt.Errorf("transport: split reply of %d bytes never completed: %w", le.Uint32(p), syscall.EPROTO))
-			c.dispatch(rec)
+			c.deliver(rec, nil)
 			return
 		}
 		rec = append(c.partial, rec...)
-		c.partial = nil
+		c.stopPartial()
 		if len(rec) >= int(le.Uint32(rec)) {
 			c.joined.Add(1)
 		}
@@ -313,8 +340,10 @@ func (c *Conn) dispatch(rec []byte) {
 	switch {
 	case want > len(rec) && want <= c.maxFrameIn():
 		// Daemons that splice their replies send one reply as several
-		// records; join them by the header's length.
+		// records; join them by the header's length. One whose pieces
+		// stop coming fails its waiter instead of holding it forever.
 		c.partial = rec
+		c.partialTimer = time.AfterFunc(partialTimeout, c.abandonPartial)
 		c.mu.Unlock()
 		return
 	case want != len(rec):
@@ -326,15 +355,40 @@ func (c *Conn) dispatch(rec []byte) {
 	c.deliver(rec, nil)
 }
 
-// startsFrame reports whether rec looks like a whole reply of its own to
-// some waiter other than the partial's, rather than a continuation.
-func (c *Conn) startsFrame(rec []byte) bool {
+// wholeFrame reports whether rec, arriving while a split reply is
+// incomplete, is a frame of its own rather than the next piece: its length
+// is its header's and its unique is a notification's (0), an INTERRUPT's
+// (odd) or another waiter's. Called with mu held.
+func (c *Conn) wholeFrame(rec []byte) bool {
 	if len(rec) < outHeaderSize || int(le.Uint32(rec)) != len(rec) {
 		return false
 	}
 	u := le.Uint64(rec[8:])
+	if u == le.Uint64(c.partial[8:]) {
+		return false
+	}
 	_, waiting := c.pending[u]
-	return waiting && u != le.Uint64(c.partial[8:])
+	return u == 0 || u&1 == 1 || waiting
+}
+
+// stopPartial forgets the split reply in progress. Called with mu held.
+func (c *Conn) stopPartial() {
+	c.partial = nil
+	if c.partialTimer != nil {
+		c.partialTimer.Stop()
+		c.partialTimer = nil
+	}
+}
+
+// abandonPartial fails the waiter of a split reply whose pieces stopped.
+func (c *Conn) abandonPartial() {
+	c.mu.Lock()
+	p := c.partial
+	c.stopPartial()
+	c.mu.Unlock()
+	if p != nil {
+		c.failFrame(p, fmt.Errorf("transport: split reply of %d bytes never completed (%d came): %w", le.Uint32(p), len(p), syscall.EPROTO))
+	}
 }
 
 func (c *Conn) maxFrameIn() int { return len(c.readBuf) * 4 }
@@ -367,10 +421,30 @@ func (c *Conn) deliver(frame []byte, err error) {
 		ch <- result{frame: frame, err: err}
 	case u&1 == 1:
 		c.interruptReply(u&^1, int32(le.Uint32(frame[4:])))
-	case c.unsol != nil:
-		c.unsol(frame)
 	default:
-		c.log.Warn("perfuse: unsolicited frame dropped", "unique", u)
+		select {
+		case c.unsolQ <- frame:
+		default:
+			c.log.Warn("perfuse: unsolicited frame dropped: handler queue full", "unique", u)
+		}
+	}
+}
+
+// unsolicitedLoop runs the unsolicited-frame handler away from the reader,
+// so a handler that blocks or sends requests of its own stalls no reply.
+// It ends with the connection.
+func (c *Conn) unsolicitedLoop() {
+	for {
+		select {
+		case f := <-c.unsolQ:
+			if c.unsol != nil {
+				c.unsol(f)
+			} else {
+				c.log.Warn("perfuse: unsolicited frame dropped", "unique", le.Uint64(f[8:]))
+			}
+		case <-c.done:
+			return
+		}
 	}
 }
 
@@ -433,7 +507,9 @@ func (c *Conn) write(frame []byte) error {
 		return nil
 	case errors.Is(err, unix.EMSGSIZE):
 		return fmt.Errorf("transport: frame of %d bytes: %w", len(frame), syscall.EMSGSIZE)
-	case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ENOTCONN), errors.Is(err, os.ErrClosed):
+	case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ENOTCONN), errors.Is(err, os.ErrClosed),
+		// A DGRAM peer that closed its end answers sends with ECONNREFUSED.
+		errors.Is(err, unix.ECONNREFUSED):
 		err = fmt.Errorf("transport: send: daemon gone: %w", ErrClosed)
 		c.fail(err)
 		return err
@@ -456,7 +532,7 @@ func (c *Conn) fail(cause error) {
 	c.err = cause
 	pending := c.pending
 	c.pending = map[uint64]chan result{}
-	c.partial = nil
+	c.stopPartial()
 	c.mu.Unlock()
 	for _, ch := range pending {
 		ch <- result{err: cause}

@@ -61,8 +61,8 @@ func readReq(t *testing.T, fd int) []byte {
 }
 
 func TestPreLoopExchangeReadsItself(t *testing.T) {
-	var unsol [][]byte
-	c, peer := pair(t, func(f []byte) { unsol = append(unsol, f) })
+	unsol := make(chan []byte, 4)
+	c, peer := pair(t, func(f []byte) { unsol <- f })
 	go func() {
 		req := make([]byte, 4096)
 		n, _ := unix.Read(peer, req)
@@ -76,8 +76,110 @@ func TestPreLoopExchangeReadsItself(t *testing.T) {
 	if err != nil || !bytes.Equal(got[outHeaderSize:], []byte("ok")) {
 		t.Fatalf("%q %v", got, err)
 	}
-	if len(unsol) != 1 || le.Uint64(unsol[0][8:]) != 0 {
-		t.Errorf("unsolicited frames %d", len(unsol))
+	select {
+	case f := <-unsol:
+		if le.Uint64(f[8:]) != 0 {
+			t.Errorf("unsolicited frame for unique %d", le.Uint64(f[8:]))
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("notification not handed over")
+	}
+}
+
+func TestPreLoopExchangeHonoursContext(t *testing.T) {
+	c, peer := pair(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := c.Exchange(ctx, request(26, 2, 0, nil)); !errors.Is(err, syscall.EINTR) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent peer: %v, want EINTR from the deadline", err)
+	}
+	// The connection still works afterwards.
+	go func() {
+		readReq(t, peer)
+		req := readReq(t, peer)
+		unix.Write(peer, reply(le.Uint64(req[8:]), 0, nil))
+	}()
+	if _, err := c.Exchange(context.Background(), request(26, 4, 0, nil)); err != nil {
+		t.Fatalf("next exchange: %v", err)
+	}
+}
+
+// Frames that come between the pieces of a split reply stand alone; the
+// split reply is still joined.
+func TestFramesBetweenSplitPieces(t *testing.T) {
+	unsol := make(chan []byte, 4)
+	c, peer := pair(t, func(f []byte) { unsol <- f })
+	c.Start()
+	errc := make(chan error, 2)
+	got := make(chan []byte, 2)
+	for _, u := range []uint64{2, 4} {
+		go func() {
+			r, err := c.Exchange(context.Background(), request(3, u, 1, nil))
+			errc <- err
+			got <- r
+		}()
+	}
+	readReq(t, peer)
+	readReq(t, peer)
+	full := reply(2, 0, bytes.Repeat([]byte{7}, 104))
+	unix.Write(peer, full[:40])
+	unix.Write(peer, reply(0, 2, make([]byte, 24))) // a notification
+	unix.Write(peer, reply(4, 0, []byte("other")))  // another waiter's reply
+	unix.Write(peer, reply(5, -int32(syscall.EAGAIN), nil)[:16])
+	unix.Write(peer, full[40:])
+	for i := 0; i < 2; i++ {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if le.Uint64(r[8:]) == 2 && !bytes.Equal(r, full) || le.Uint64(r[8:]) == 4 && string(r[16:]) != "other" {
+			t.Errorf("reply % x", r)
+		}
+	}
+	select {
+	case <-unsol:
+	case <-time.After(5 * time.Second):
+		t.Error("notification lost")
+	}
+	if c.SplitReplies() != 1 {
+		t.Errorf("%d split replies joined, want 1", c.SplitReplies())
+	}
+}
+
+func TestSplitReplyThatStopsFailsItsWaiter(t *testing.T) {
+	c, peer := pair(t, nil)
+	c.Start()
+	errc := make(chan error, 1)
+	go func() { _, err := c.Exchange(context.Background(), request(3, 2, 1, nil)); errc <- err }()
+	readReq(t, peer)
+	unix.Write(peer, reply(2, 0, make([]byte, 100))[:40])
+	select {
+	case err := <-errc:
+		if !errors.Is(err, syscall.EPROTO) {
+			t.Fatalf("abandoned split reply: %v, want EPROTO", err)
+		}
+	case <-time.After(partialTimeout + 5*time.Second):
+		t.Fatal("waiter of an abandoned split reply still waits")
+	}
+	if c.Err() != nil {
+		t.Fatalf("connection failed: %v", c.Err())
+	}
+}
+
+func TestDatagramPeerGoneIsENOTCONN(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(os.NewFile(uintptr(fds[0]), "client"), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Start()
+	unix.Close(fds[1])
+	if err := c.Send(request(2, 2, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("send to a closed DGRAM peer: %v, want ENOTCONN", err)
 	}
 }
 
