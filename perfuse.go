@@ -190,12 +190,20 @@ func (u *Usermount) MountInfo() MountInfo { return u.mi }
 // Root returns the root node (nodeid 1).
 func (u *Usermount) Root() *Node { return u.root }
 
-// FsInit performs the FUSE INIT handshake, as perfuse_fs_init does after
-// its kernel mount. A mount-free session (as this package alone gives)
-// does INIT only; the kernel mount is the relay's job. An INIT failure is
-// returned.
+// FsInit performs the FUSE INIT handshake and then, with WithMounter and a
+// target, the kernel mount. (perfuse_fs_init mounts first; on Linux the
+// kernel's own INIT must see what the daemon negotiated, so INIT comes
+// first.) A mount-free session does INIT only. Errors are returned.
 func (u *Usermount) FsInit(ctx context.Context) error {
-	return u.init(ctx)
+	if err := u.init(ctx); err != nil {
+		return err
+	}
+	if u.conf.mounter != nil && u.mi.Target != "" {
+		if err := u.conf.mounter.Mount(ctx, u); err != nil {
+			return fmt.Errorf("perfuse: mount %s: %w", u.mi.Target, err)
+		}
+	}
+	return nil
 }
 
 // Mainloop runs the session until it ends: after Unmount, or when the

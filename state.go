@@ -67,6 +67,7 @@ type config struct {
 	noAccess bool
 	noCreat  bool
 	bufSize  int
+	mounter  Mounter
 }
 
 // Usermount is one perfuse session with one FUSE daemon: libperfuse's
