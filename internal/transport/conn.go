@@ -31,6 +31,9 @@ const (
 	partialTimeout = 2 * time.Second
 	// unsolQueue bounds the unsolicited frames waiting for the handler.
 	unsolQueue = 1024
+	// sendPoll is how often a send blocked on a full socket looks at its
+	// context.
+	sendPoll = 50 * time.Millisecond
 	// interruptRetry is how long to wait before re-sending an INTERRUPT
 	// that the daemon answered with EAGAIN.
 	interruptRetry = 10 * time.Millisecond
@@ -172,7 +175,7 @@ func (c *Conn) Send(frame []byte) error {
 	if err := c.Err(); err != nil {
 		return err
 	}
-	return c.write(frame)
+	return c.write(context.Background(), frame)
 }
 
 // Exchange sends a request and waits for the frame that answers it,
@@ -199,7 +202,7 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 	c.pending[unique] = ch
 	c.mu.Unlock()
 
-	if err := c.write(frame); err != nil {
+	if err := c.write(ctx, frame); err != nil {
 		c.mu.Lock()
 		delete(c.pending, unique)
 		c.mu.Unlock()
@@ -462,9 +465,13 @@ func (c *Conn) interrupt(unique uint64) {
 	le.PutUint32(f[4:], opInterrupt)
 	le.PutUint64(f[8:], unique|1)
 	le.PutUint64(f[inHeaderSize:], unique)
-	if err := c.Send(f); err != nil {
-		c.log.Debug("perfuse: INTERRUPT not sent", "unique", unique, "err", err)
-	}
+	// Sent aside: on a full socket the waiter must not block here, it
+	// goes on waiting for its answer.
+	go func() {
+		if err := c.Send(f); err != nil {
+			c.log.Debug("perfuse: INTERRUPT not sent", "unique", unique, "err", err)
+		}
+	}()
 }
 
 // interruptReply handles the daemon's answer to an INTERRUPT: EAGAIN means
@@ -490,23 +497,43 @@ func (c *Conn) interruptReply(unique uint64, status int32) {
 // write sends one frame as one record. A frame larger than the socket
 // allows is an error for that caller (upstream retried it forever); a dead
 // peer fails the connection.
-func (c *Conn) write(frame []byte) error {
+func (c *Conn) write(ctx context.Context, frame []byte) error {
 	if len(frame) > c.maxSend {
 		return fmt.Errorf("transport: frame of %d bytes exceeds the socket's %d: %w", len(frame), c.maxSend, syscall.EMSGSIZE)
 	}
-	var werr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL)
-		return werr != unix.EAGAIN
-	})
-	if err == nil {
-		err = werr
+	for {
+		var werr error
+		err := c.rc.Control(func(fd uintptr) {
+			_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != unix.EAGAIN {
+			return c.sendResult(err, len(frame))
+		}
+		// The socket is full: a slow or hung daemon. Wait for room in
+		// short polls, so the caller can leave on its context and a dead
+		// connection ends the wait.
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("transport: send: %w: %w", ctx.Err(), syscall.EINTR)
+		case <-c.done:
+			return c.Err()
+		default:
+		}
+		c.rc.Control(func(fd uintptr) {
+			unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, int(sendPoll/time.Millisecond))
+		})
 	}
+}
+
+func (c *Conn) sendResult(err error, size int) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, unix.EMSGSIZE):
-		return fmt.Errorf("transport: frame of %d bytes: %w", len(frame), syscall.EMSGSIZE)
+		return fmt.Errorf("transport: frame of %d bytes: %w", size, syscall.EMSGSIZE)
 	case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ENOTCONN), errors.Is(err, os.ErrClosed),
 		// A DGRAM peer that closed its end answers sends with ECONNREFUSED.
 		errors.Is(err, unix.ECONNREFUSED):

@@ -329,3 +329,34 @@ func FuzzRecords(f *testing.F) {
 		}
 	})
 }
+
+// A daemon that stops reading fills the socket: a caller whose frame cannot
+// be sent leaves when its context ends, and the connection survives.
+func TestBlockedSendHonoursContext(t *testing.T) {
+	c, _ := pair(t, nil)
+	c.Start()
+	const n = 64
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		frame := request(16, uint64(2+2*i), 1, make([]byte, c.MaxFrame()-inHeaderSize))
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			_, err := c.Exchange(ctx, frame)
+			errs <- err
+		}()
+	}
+	// Requests that were sent wait for an answer that never comes (until
+	// cleanup closes the connection); those that could not be sent return.
+	select {
+	case err := <-errs:
+		if !errors.Is(err, syscall.EINTR) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("blocked send: %v, want EINTR from the deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no blocked send gave up")
+	}
+	if c.Err() != nil {
+		t.Fatalf("connection failed: %v", c.Err())
+	}
+}
