@@ -314,6 +314,10 @@ type Dirent struct {
 type DirentPlus struct {
 	Entry fuse.EntryOut
 	Dirent
+	// Node is the looked-up node when the entry counts a lookup (a
+	// nodeid, and not "." or ".."); set by Usermount.NodeReaddirplus,
+	// nil from ParseDirentsPlus.
+	Node *Node
 }
 
 const (

@@ -20,12 +20,16 @@ const (
 )
 
 // initFlags are the capabilities perfuse really supports. DONT_MASK: the
-// modes perfuse sends are final, umask already applied by the caller
-// (fuse-overlayfs refuses to start without it). Never SPLICE_*
-// (a socket cannot take spliced pages one-for-one), PASSTHROUGH (needs an
-// ioctl on /dev/fuse) or OVER_IO_URING.
+// daemon applies the umask sent with each create (fuse-overlayfs refuses
+// to start without it); without it perfuse applies it. POSIX_LOCKS and
+// FLOCK_LOCKS: NodeAdvlock. READDIRPLUS: NodeReaddirplus; not
+// READDIRPLUS_AUTO, the kernel's heuristic for choosing between the two,
+// which is the caller's choice here. Never SPLICE_* (a socket cannot take
+// spliced pages one-for-one), PASSTHROUGH (needs an ioctl on /dev/fuse),
+// OVER_IO_URING, or SETXATTR_EXT (the 8-byte setxattr_in is sent).
 const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_POSIX_LOCKS | fuse.CAP_ATOMIC_O_TRUNC |
-	fuse.CAP_BIG_WRITES | fuse.CAP_DONT_MASK | fuse.CAP_MAX_PAGES | fuse.CAP_PARALLEL_DIROPS
+	fuse.CAP_BIG_WRITES | fuse.CAP_DONT_MASK | fuse.CAP_MAX_PAGES | fuse.CAP_PARALLEL_DIROPS |
+	fuse.CAP_FLOCK_LOCKS | fuse.CAP_READDIRPLUS
 
 const (
 	pageSize = 4096
@@ -129,10 +133,31 @@ func (u *Usermount) FsStatvfs(ctx context.Context, cred *Cred) (*fuse.StatfsOut,
 	return decodeExact[fuse.StatfsOut](OpStatfs, m.OutPayload())
 }
 
-// FsUnmount sends FUSE_DESTROY, after which the daemon exits. A daemon that
-// does not implement it (ENOSYS) or is already gone (ENOTCONN) is not an
+// FsUnmount ends the session with the daemon as a forced unmount (what
+// Unmount does): FsUnmountForce(ctx, true).
+func (u *Usermount) FsUnmount(ctx context.Context) error { return u.FsUnmountForce(ctx, true) }
+
+// FsUnmountForce ends the session with the daemon. Without force, opens
+// not yet released make it EBUSY, and nothing is sent, as umount(2) says.
+// With force they are released first. Then every lookup still held is
+// returned (BATCH_FORGET), so the daemon's counts balance, and
+// FUSE_DESTROY is sent, after which the daemon exits. A daemon that does
+// not implement DESTROY (ENOSYS) or is already gone (ENOTCONN) is not an
 // error: the session ends either way.
-func (u *Usermount) FsUnmount(ctx context.Context) error {
+func (u *Usermount) FsUnmountForce(ctx context.Context, force bool) error {
+	open := u.openHandles(nil)
+	if len(open) > 0 && !force {
+		return fmt.Errorf("perfuse: unmount with %d opens: %w", len(open), syscall.EBUSY)
+	}
+	for _, h := range open {
+		u.debug(DiagFH, "perfuse: released at unmount", "nodeid", h.node.id, "fh", h.fh)
+		if err := u.NodeRelease(ctx, h); err != nil && !errors.Is(err, syscall.EBADF) {
+			u.log.Warn("perfuse: release at unmount", "nodeid", h.node.id, "fh", h.fh, "err", err)
+		}
+	}
+	if err := u.sendForgets(ctx, u.forgetEverything()); err != nil {
+		u.log.Warn("perfuse: forget at unmount", "err", err)
+	}
 	m := u.newMsg(OpDestroy, nil, 0, nil)
 	defer u.destroy(m)
 	err := u.xchg(ctx, nil, m, WaitReply)
@@ -141,6 +166,12 @@ func (u *Usermount) FsUnmount(ctx context.Context) error {
 	}
 	return err
 }
+
+// FsSync is sync(2) for the session. It sends nothing: FUSE has no
+// whole-filesystem sync before SYNCFS (7.34), later than the protocol
+// perfuse speaks, and perfuse caches no data of its own (fsync each open
+// with NodeFsync).
+func (u *Usermount) FsSync(ctx context.Context, cred *Cred) error { return nil }
 
 // errnoOf returns the errno an error stands for: 0 for nil, EIO when it
 // carries none.

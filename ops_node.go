@@ -2,6 +2,7 @@ package perfuse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -30,7 +31,29 @@ type Handle struct {
 	flags     uint32
 	openFlags uint32 // FOPEN_* from the daemon
 	released  atomic.Bool
+	// flockOwner is the owner of the last flock(2) taken through this
+	// open; RELEASE then asks the daemon to drop it (FLOCK_UNLOCK).
+	flockOwner atomic.Uint64
 }
+
+// releaseFlags are RELEASE's release_flags: FLOCK_UNLOCK when a flock
+// was taken through this open, as the kernel sends.
+func (h *Handle) releaseFlags() uint32 {
+	if h.flockOwner.Load() != 0 {
+		return releaseFlockUnlock
+	}
+	return 0
+}
+
+// releaseFlockUnlock is the kernel's FUSE_RELEASE_FLOCK_UNLOCK, which
+// go-fuse does not export.
+const releaseFlockUnlock = 1 << 1
+
+// IsDir reports whether the handle opens a directory (OPENDIR).
+func (h *Handle) IsDir() bool { return h.dir }
+
+// Flags returns the open(2) flags sent with the open.
+func (h *Handle) Flags() uint32 { return h.flags }
 
 // Node returns the node this handle opens.
 func (h *Handle) Node() *Node { return h.node }
@@ -55,6 +78,66 @@ func checkName(name string) error {
 // putName writes name and its NUL into the payload at off.
 func putName(m *Message, off int, name string) {
 	copy(m.InPayload()[off:], name)
+}
+
+// checkNewName refuses, as the kernel's VFS does, a name that cannot be
+// created: "." and ".." exist already.
+func checkNewName(name string) error {
+	if name == "." || name == ".." {
+		return fmt.Errorf("perfuse: create %q: %w", name, syscall.EEXIST)
+	}
+	return checkName(name)
+}
+
+// fixed returns the fixed request part of op from a go-fuse request
+// struct, cut to the size the opcode table gives (RENAME and SETXATTR use
+// shorter structs than go-fuse's).
+func fixed[T any](op Opcode, in *T) []byte {
+	return structBytes(in)[inHeaderSize:][:opTable[op].inSize]
+}
+
+// maxRequest is the largest request frame the daemon was promised: a
+// WRITE of max_write bytes.
+func (u *Usermount) maxRequest() int { return writeHeader + u.limits().maxWrite }
+
+// newReq builds op's request on n: the fixed part, then each name with
+// its NUL, then tail. A frame larger than the daemon accepts is E2BIG,
+// refused before the wire.
+func (u *Usermount) newReq(op Opcode, n *Node, cred *Cred, fix []byte, names []string, tail []byte) (*Message, error) {
+	size := len(fix) + len(tail)
+	for _, s := range names {
+		size += len(s) + 1
+	}
+	if inHeaderSize+size > u.maxRequest() {
+		return nil, fmt.Errorf("perfuse: %s of %d bytes: %w", op, inHeaderSize+size, syscall.E2BIG)
+	}
+	m := u.newMsg(op, n, size, cred)
+	b := m.InPayload()
+	off := copy(b, fix)
+	for _, s := range names {
+		off += copy(b[off:], s) + 1
+	}
+	copy(b[off:], tail)
+	return m, nil
+}
+
+// call sends a request whose reply has no payload to use.
+func (u *Usermount) call(ctx context.Context, n *Node, m *Message, err error) error {
+	if err != nil {
+		return err
+	}
+	defer u.destroy(m)
+	return u.xchg(ctx, n, m, WaitReply)
+}
+
+// isENOSYS reports a daemon's "not implemented".
+func isENOSYS(err error) bool { return errors.Is(err, syscall.ENOSYS) }
+
+// noLonger remembers that the daemon does not implement op.
+func (u *Usermount) noLonger(op Opcode) {
+	if !u.unsupported[op].Swap(true) {
+		u.debug(DiagMisc, "perfuse: daemon lacks "+op.String()+", not sent again")
+	}
 }
 
 // NodeLookup looks name up in dir (FUSE_LOOKUP). The entry counts as one
@@ -127,7 +210,7 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	if err != nil {
 		return nil, err
 	}
-	h := &Handle{node: n, fh: out.Fh, dir: op == OpOpendir, flags: f, openFlags: out.OpenFlags}
+	h := u.opened(&Handle{node: n, fh: out.Fh, dir: op == OpOpendir, flags: f, openFlags: out.OpenFlags})
 	u.debug(DiagFH, "perfuse: opened", "nodeid", n.id, "fh", h.fh, "dir", h.dir)
 	return h, nil
 }
@@ -138,13 +221,18 @@ func (u *Usermount) NodeRelease(ctx context.Context, h *Handle) error {
 	if h == nil || !h.released.CompareAndSwap(false, true) {
 		return fmt.Errorf("perfuse: release: %w", syscall.EBADF)
 	}
+	u.closed(h)
+	return u.sendRelease(ctx, h)
+}
+
+func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 	op := OpRelease
 	if h.dir {
 		op = OpReleasedir
 	}
 	m := u.newMsg(op, h.node, opTable[op].inSize, nil)
 	defer u.destroy(m)
-	putIn(m, &fuse.ReleaseIn{Fh: h.fh, Flags: h.flags})
+	putIn(m, &fuse.ReleaseIn{Fh: h.fh, Flags: h.flags, ReleaseFlags: h.releaseFlags(), LockOwner: h.flockOwner.Load()})
 	u.debug(DiagFH, "perfuse: release", "nodeid", h.node.id, "fh", h.fh)
 	return u.xchg(ctx, h.node, m, WaitReply)
 }
@@ -188,60 +276,6 @@ func (u *Usermount) readChunk(ctx context.Context, cred *Cred, h *Handle, p []by
 	return copy(p, data), nil
 }
 
-// readdirSize is the most a READDIR asks for at once.
-const readdirSize = 32 * pageSize
-
-// NodeReaddir reads the open directory h from cookie off (0: the start),
-// calling fn for each entry until fn returns false or the directory ends.
-// To resume later, pass the Off of the last entry fn accepted: entries are
-// streamed, never gathered in memory.
-func (u *Usermount) NodeReaddir(ctx context.Context, cred *Cred, h *Handle, off uint64, fn func(Dirent) bool) error {
-	if !h.dir {
-		return syscall.ENOTDIR
-	}
-	for {
-		size := min(u.limits().maxRead, readdirSize)
-		m := u.newMsg(OpReaddir, h.node, opTable[OpReaddir].inSize, cred)
-		putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: off, Size: uint32(size), Flags: h.flags})
-		err := u.xchg(ctx, h.node, m, WaitReply)
-		if err != nil {
-			u.destroy(m)
-			return err
-		}
-		data := m.OutPayload()
-		if len(data) > size {
-			u.destroy(m)
-			return errProto(OpReaddir, "%d bytes for a read of %d", len(data), size)
-		}
-		if len(data) == 0 {
-			u.destroy(m)
-			return nil
-		}
-		stopped, n, last := false, 0, off
-		perr := ParseDirents(data, func(d Dirent) bool {
-			n++
-			last = d.Off
-			if !fn(d) {
-				stopped = true
-				return false
-			}
-			return true
-		})
-		u.destroy(m)
-		switch {
-		case perr != nil:
-			return perr
-		case stopped:
-			return nil
-		case n == 0 || last == off:
-			// No whole record, or a cookie that does not move: reading
-			// on would loop forever.
-			return errProto(OpReaddir, "no progress from offset %d", off)
-		}
-		off = last
-	}
-}
-
 // NodeReclaim returns count lookups of n to the daemon (FUSE_FORGET, which
 // has no reply). Counts beyond those held are ignored; the root is never
 // forgotten.
@@ -255,6 +289,45 @@ func (u *Usermount) NodeReclaim(ctx context.Context, n *Node, count uint64) erro
 	putIn(m, &fuse.ForgetIn{Nlookup: count})
 	u.debug(DiagReclaim, "perfuse: forget", "nodeid", n.id, "nlookup", count)
 	return u.xchg(ctx, n, m, NoReply)
+}
+
+// batchForgetMax bounds one BATCH_FORGET so that its frame fits any
+// daemon's read buffer (libfuse's is at least 8 KiB).
+const batchForgetMax = 256
+
+// sendForgets returns lookups to the daemon: one FORGET for a single
+// node or a daemon older than 7.16, BATCH_FORGET otherwise, as the kernel
+// does. Neither has a reply, and neither is interrupted: a lost FORGET
+// leaks the daemon's node.
+func (u *Usermount) sendForgets(ctx context.Context, fs []forgetOne) error {
+	ctx = context.WithoutCancel(ctx)
+	var errs []error
+	if len(fs) == 1 || u.limits().minor < 16 {
+		for _, f := range fs {
+			m := u.newMsg(OpForget, f.node, opTable[OpForget].inSize, nil)
+			m.InHeader().NodeId = f.nodeid
+			putIn(m, &fuse.ForgetIn{Nlookup: f.nlookup})
+			u.debug(DiagReclaim, "perfuse: forget", "nodeid", f.nodeid, "nlookup", f.nlookup)
+			errs = append(errs, u.xchg(ctx, f.node, m, NoReply))
+			u.destroy(m)
+		}
+		return errors.Join(errs...)
+	}
+	for len(fs) > 0 {
+		chunk := fs[:min(len(fs), batchForgetMax)]
+		fs = fs[len(chunk):]
+		m := u.newMsg(OpBatchForget, nil, 8+16*len(chunk), nil)
+		b := m.InPayload()
+		nativeEndian.PutUint32(b, uint32(len(chunk)))
+		for i, f := range chunk {
+			nativeEndian.PutUint64(b[8+16*i:], f.nodeid)
+			nativeEndian.PutUint64(b[16+16*i:], f.nlookup)
+		}
+		u.debug(DiagReclaim, "perfuse: batch forget", "nodes", len(chunk))
+		errs = append(errs, u.xchg(ctx, nil, m, NoReply))
+		u.destroy(m)
+	}
+	return errors.Join(errs...)
 }
 
 // Lookups returns how many lookups of n the session holds.

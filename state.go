@@ -25,6 +25,14 @@ type Node struct {
 	mode atomic.Uint32 // file type bits from the last attributes seen
 	name atomic.Value  // string: the last name it was looked up by, for traces
 
+	// attr is a copy of the last attributes the daemon sent (any entry,
+	// GETATTR, SETATTR): what access emulation checks. nil until then.
+	attr atomic.Pointer[fuse.Attr]
+
+	// wmu serialises writes to the node, as the kernel's inode lock
+	// does: an append computes its offset and writes under it.
+	wmu sync.Mutex
+
 	// nlookup is the number of entries the daemon has returned for this
 	// nodeid and we have not forgotten yet. Guarded by Usermount.nodesMu.
 	nlookup uint64
@@ -43,9 +51,35 @@ func (n *Node) Name() string {
 	return s
 }
 
+// Attr returns the node's cached attributes, and false when none were
+// seen yet.
+func (n *Node) Attr() (fuse.Attr, bool) {
+	if a := n.attr.Load(); a != nil {
+		return *a, true
+	}
+	return fuse.Attr{}, false
+}
+
 func (n *Node) setAttr(a *fuse.Attr) {
 	if a.Mode&syscall.S_IFMT != 0 {
 		n.mode.Store(a.Mode & syscall.S_IFMT)
+	}
+	c := *a
+	n.attr.Store(&c)
+}
+
+// grew records that a write reached end, for the cached size.
+func (n *Node) grew(end uint64) {
+	for {
+		old := n.attr.Load()
+		if old == nil || old.Size >= end {
+			return
+		}
+		c := *old
+		c.Size = end
+		if n.attr.CompareAndSwap(old, &c) {
+			return
+		}
 	}
 }
 
@@ -74,7 +108,7 @@ type config struct {
 // struct puffs_usermount with its perfuse_state. Its methods are the
 // relay-side API and the operation table; they are safe for concurrent use.
 //
-// Lock order: nodesMu, then trace.mu. Neither is held across an exchange.
+// Lock order: nodesMu, then handlesMu, then trace.mu. Neither is held across an exchange.
 type Usermount struct {
 	cb   *Callbacks
 	mi   MountInfo
@@ -92,6 +126,15 @@ type Usermount struct {
 	nodesMu sync.Mutex
 	nodes   map[uint64]*Node
 	root    *Node
+
+	// handles are the opens not yet released, for HandleFor and for the
+	// releases at unmount. Guarded by handlesMu (taken after nodesMu).
+	handlesMu sync.Mutex
+	handles   map[handleKey][]*Handle
+
+	// unsupported[op] is set once the daemon answered op with ENOSYS, so
+	// it is not sent again (the kernel's fc->no_* flags).
+	unsupported [maxOpcode + 1]atomic.Bool
 
 	xchgCount atomic.Int64 // exchanges so far
 	inFlight  atomic.Int64 // exchanges waiting for their reply now
@@ -166,3 +209,86 @@ func (u *Usermount) NodeByID(id uint64) *Node {
 	defer u.nodesMu.Unlock()
 	return u.nodes[id]
 }
+
+// forgetOne is one nodeid and the lookups to return for it.
+type forgetOne struct {
+	node    *Node
+	nodeid  uint64
+	nlookup uint64
+}
+
+// forgetEverything empties the node table but for the root and returns
+// every count still held, for the FORGETs at unmount.
+func (u *Usermount) forgetEverything() []forgetOne {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	var out []forgetOne
+	for id, n := range u.nodes {
+		if n == u.root {
+			continue
+		}
+		if n.nlookup > 0 {
+			out = append(out, forgetOne{node: n, nodeid: id, nlookup: n.nlookup})
+		}
+		n.nlookup = 0
+		delete(u.nodes, id)
+	}
+	return out
+}
+
+// handleKey finds the opens of a node by the daemon's file handle.
+type handleKey struct {
+	nodeid uint64
+	fh     uint64
+	dir    bool
+}
+
+func (h *Handle) key() handleKey { return handleKey{h.node.id, h.fh, h.dir} }
+
+// opened records a new open.
+func (u *Usermount) opened(h *Handle) *Handle {
+	u.handlesMu.Lock()
+	defer u.handlesMu.Unlock()
+	if u.handles == nil {
+		u.handles = make(map[handleKey][]*Handle)
+	}
+	u.handles[h.key()] = append(u.handles[h.key()], h)
+	return h
+}
+
+// closed forgets h as an open.
+func (u *Usermount) closed(h *Handle) {
+	u.handlesMu.Lock()
+	defer u.handlesMu.Unlock()
+	k := h.key()
+	hs := u.handles[k]
+	for i, o := range hs {
+		if o == h {
+			hs = append(hs[:i:i], hs[i+1:]...)
+			break
+		}
+	}
+	if len(hs) == 0 {
+		delete(u.handles, k)
+	} else {
+		u.handles[k] = hs
+	}
+}
+
+// openHandles returns the opens not yet released, of node n (nil: all).
+func (u *Usermount) openHandles(n *Node) []*Handle {
+	u.handlesMu.Lock()
+	defer u.handlesMu.Unlock()
+	var out []*Handle
+	for _, hs := range u.handles {
+		for _, h := range hs {
+			if n == nil || h.node == n {
+				out = append(out, h)
+			}
+		}
+	}
+	return out
+}
+
+// OpenHandles returns how many opens are not yet released.
+func (u *Usermount) OpenHandles() int { return len(u.openHandles(nil)) }

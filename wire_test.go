@@ -536,6 +536,8 @@ func TestReadAndReaddirChunks(t *testing.T) {
 	if err := u.NodeRelease(testCtx(t), dh); err != nil {
 		t.Fatal(err)
 	}
+	// The lookup of f still held is given back at unmount.
+	p.Expect(uint32(OpForget)).Nodeid(5)
 }
 
 func TestUnsolicitedReplies(t *testing.T) {

@@ -1,0 +1,197 @@
+package perfuse
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Attributes and permissions.
+
+// setattrChanges are the valid bits that ask the daemon to change
+// something; FATTR_FH and FATTR_LOCKOWNER only qualify a request.
+const setattrChanges = fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID | fuse.FATTR_SIZE |
+	fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW |
+	fuse.FATTR_CTIME | fuse.FATTR_KILL_SUIDGID
+
+// NodeSetattr changes n's attributes (FUSE_SETATTR) as in.Valid says
+// (FATTR_* bits with their fields), and returns the attributes the daemon
+// answers, which also become n's cached ones. With h, an open of a file,
+// the request carries its handle (FATTR_FH), as ftruncate(2) does. A
+// request with nothing to change is not sent: the current attributes are
+// fetched instead. Times not being set still carry the cached values,
+// for daemons (GlusterFS) that reset fields they were not asked to set.
+func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Handle, in *fuse.SetAttrIn) (*fuse.AttrOut, error) {
+	if in == nil {
+		return nil, syscall.EINVAL
+	}
+	if h != nil {
+		if err := usable(h); err != nil {
+			return nil, err
+		}
+	}
+	req := *in
+	if req.Valid&setattrChanges == 0 {
+		return u.NodeGetattr(ctx, cred, n, h)
+	}
+	if req.Valid&fuse.FATTR_SIZE != 0 && n.IsDir() {
+		return nil, syscall.EISDIR
+	}
+	if h != nil && !h.dir {
+		req.Valid |= fuse.FATTR_FH
+		req.Fh = h.fh
+	}
+	if a, ok := n.Attr(); ok {
+		if req.Valid&(fuse.FATTR_ATIME|fuse.FATTR_ATIME_NOW) == 0 {
+			req.Atime, req.Atimensec = a.Atime, a.Atimensec
+		}
+		if req.Valid&(fuse.FATTR_MTIME|fuse.FATTR_MTIME_NOW) == 0 {
+			req.Mtime, req.Mtimensec = a.Mtime, a.Mtimensec
+		}
+	}
+	m, err := u.newReq(OpSetattr, n, cred, fixed(OpSetattr, &req), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer u.destroy(m)
+	if req.Valid&fuse.FATTR_SIZE != 0 {
+		// A size change and the writes on the node are ordered.
+		n.wmu.Lock()
+		defer n.wmu.Unlock()
+	}
+	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
+		return nil, err
+	}
+	out, err := decodeExact[fuse.AttrOut](OpSetattr, m.OutPayload())
+	if err != nil {
+		return nil, err
+	}
+	n.setAttr(&out.Attr)
+	return out, nil
+}
+
+// Access bits of NodeAccess, as access(2)'s.
+const (
+	AccessExec  = 1 // X_OK
+	AccessWrite = 2 // W_OK
+	AccessRead  = 4 // R_OK
+)
+
+// NodeAccess checks whether cred may access n for mask (R_OK, W_OK, X_OK;
+// 0 tests existence). By default, as libperfuse, it is decided here from
+// n's cached attributes (fetched with GETATTR when none are cached yet).
+// With FUSE_ACCESS enabled (WithAccess, PERFUSE_OPTIONS=enable_access) the
+// daemon decides, until it answers ENOSYS, which switches to the
+// emulation for the session.
+func (u *Usermount) NodeAccess(ctx context.Context, cred *Cred, n *Node, mask uint32) error {
+	if mask&^7 != 0 {
+		return syscall.EINVAL
+	}
+	if !u.noAccess.Load() {
+		in := fuse.AccessIn{Mask: mask}
+		m, err := u.newReq(OpAccess, n, cred, fixed(OpAccess, &in), nil, nil)
+		err = u.call(ctx, n, m, err)
+		if !isENOSYS(err) {
+			return err
+		}
+		u.noAccess.Store(true)
+		u.debug(DiagMisc, "perfuse: daemon lacks ACCESS: emulated from now on")
+	}
+	a, ok := n.Attr()
+	if !ok {
+		out, err := u.NodeGetattr(ctx, cred, n, nil)
+		if err != nil {
+			return err
+		}
+		a = out.Attr
+	}
+	return accessCheck(&a, cred, mask)
+}
+
+// accessCheck is the owner/group/other check of the cached mode. Root
+// (or no caller) may do anything but execute a file that nobody may
+// execute. Only the caller's primary group is known.
+func accessCheck(a *fuse.Attr, cred *Cred, mask uint32) error {
+	if cred == nil || cred.Uid == 0 {
+		if mask&AccessExec != 0 && a.Mode&syscall.S_IFMT != syscall.S_IFDIR && a.Mode&0o111 == 0 {
+			return syscall.EACCES
+		}
+		return nil
+	}
+	var bits uint32
+	switch {
+	case cred.Uid == a.Uid:
+		bits = a.Mode >> 6
+	case cred.Gid == a.Gid:
+		bits = a.Mode >> 3
+	default:
+		bits = a.Mode
+	}
+	if mask&^(bits&7) != 0 {
+		return syscall.EACCES
+	}
+	return nil
+}
+
+// Names of NodePathconf, with Linux's _PC_* values.
+const (
+	PcLinkMax         = 0
+	PcNameMax         = 3
+	PcPathMax         = 4
+	PcPipeBuf         = 5
+	PcChownRestricted = 6
+	PcNoTrunc         = 7
+	PcSyncIO          = 9
+	PcFilesizebits    = 13
+	PcSymlinkMax      = 19
+	Pc2Symlinks       = 20
+)
+
+// pathconfStatic are the values that do not depend on the daemon: Linux's
+// (upstream copied NetBSD's UFS values).
+var pathconfStatic = map[int]int64{
+	PcLinkMax:         127, // LINK_MAX
+	PcPathMax:         4096,
+	PcPipeBuf:         4096,
+	PcChownRestricted: 1,
+	PcNoTrunc:         1,
+	PcSyncIO:          1,
+	PcFilesizebits:    64,
+	PcSymlinkMax:      pathMax - 1,
+	Pc2Symlinks:       1,
+}
+
+// NodePathconf returns the pathconf(3) value name for n. NAME_MAX is the
+// daemon's (FUSE_STATFS namelen, 255 when it says 0); the others are
+// fixed. An unknown name is EINVAL, as pathconf(3) says (upstream
+// answered ENOSYS).
+func (u *Usermount) NodePathconf(ctx context.Context, cred *Cred, n *Node, name int) (int64, error) {
+	if v, ok := pathconfStatic[name]; ok {
+		return v, nil
+	}
+	if name != PcNameMax {
+		return 0, fmt.Errorf("perfuse: pathconf %d: %w", name, syscall.EINVAL)
+	}
+	st, err := u.FsStatvfs(ctx, cred)
+	if err != nil {
+		return 0, err
+	}
+	if st.NameLen == 0 {
+		return nameMax, nil
+	}
+	return int64(st.NameLen), nil
+}
+
+// NodePrint logs what the session knows of n (puffs' print; upstream
+// exited here). It always succeeds.
+func (u *Usermount) NodePrint(n *Node) error {
+	if n == nil {
+		return nil
+	}
+	a, _ := n.Attr()
+	u.log.Info("perfuse: node", "nodeid", n.id, "name", n.Name(), "lookups", u.Lookups(n),
+		"mode", fmt.Sprintf("%#o", a.Mode), "size", a.Size, "opens", len(u.openHandles(n)))
+	return nil
+}
