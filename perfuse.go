@@ -41,14 +41,40 @@
 //	perfuse_diagflags           Diag, ParseDiag, WithDiag, Usermount.SetDiag
 //	PERFUSE_OPTIONS             WithAccess, WithCreat (the variable is read by Init)
 //	perfuse_fs_statvfs          Usermount.FsStatvfs
-//	perfuse_fs_unmount          Usermount.FsUnmount
+//	perfuse_fs_sync             Usermount.FsSync
+//	perfuse_fs_unmount          Usermount.FsUnmount, FsUnmountForce
 //	perfuse_node_lookup         Usermount.NodeLookup
-//	perfuse_node_getattr        Usermount.NodeGetattr
-//	perfuse_node_open           Usermount.NodeOpen
-//	perfuse_node_read           Usermount.NodeRead
-//	perfuse_node_readdir        Usermount.NodeReaddir
-//	perfuse_node_reclaim2       Usermount.NodeReclaim
+//	perfuse_node_create         Usermount.NodeCreate (MKNOD+OPEN fallback)
+//	perfuse_node_mknod          Usermount.NodeMknod
+//	perfuse_node_mkdir          Usermount.NodeMkdir
+//	perfuse_node_symlink        Usermount.NodeSymlink
+//	perfuse_node_link           Usermount.NodeLink
+//	perfuse_node_remove         Usermount.NodeRemove
+//	perfuse_node_rmdir          Usermount.NodeRmdir
+//	perfuse_node_rename         Usermount.NodeRename (RENAME2 with flags)
+//	perfuse_node_readlink       Usermount.NodeReadlink
+//	perfuse_node_open/open2     Usermount.NodeOpen
+//	perfuse_node_close          Usermount.NodeClose (FLUSH, then RELEASE)
 //	(release at inactive)       Usermount.NodeRelease (per open, as Linux)
+//	perfuse_node_inactive       Usermount.NodeInactive
+//	perfuse_node_access         Usermount.NodeAccess
+//	perfuse_node_getattr(_ttl)  Usermount.NodeGetattr
+//	perfuse_node_setattr(_ttl)  Usermount.NodeSetattr
+//	perfuse_node_poll           Usermount.NodePoll
+//	perfuse_node_fsync          Usermount.NodeFsync (FSYNC or FSYNCDIR)
+//	perfuse_node_readdir        Usermount.NodeReaddir, NodeReaddirplus
+//	perfuse_node_read           Usermount.NodeRead
+//	perfuse_node_write(2)       Usermount.NodeWrite
+//	perfuse_node_fallocate      Usermount.NodeFallocate
+//	perfuse_node_advlock        Usermount.NodeAdvlock
+//	perfuse_node_getextattr     Usermount.NodeGetextattr
+//	perfuse_node_setextattr     Usermount.NodeSetextattr
+//	perfuse_node_listextattr    Usermount.NodeListextattr
+//	perfuse_node_deleteextattr  Usermount.NodeDeleteextattr
+//	perfuse_node_reclaim(2)     Usermount.NodeReclaim
+//	perfuse_node_print          Usermount.NodePrint
+//	perfuse_node_pathconf       Usermount.NodePathconf
+//	(Linux only)                NodeFlush, NodeLseek, NodeCopyFileRange, NotifyReply, HandleFor
 //
 // # Deviations from libperfuse
 //
