@@ -67,12 +67,17 @@ func (u *Usermount) create(ctx context.Context, cred *Cred, dir *Node, name stri
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &Handle{fh: out.Fh, flags: f, openFlags: out.OpenFlags}
-	if err := u.checkNewEntry(ctx, OpCreate, &out.EntryOut, syscall.S_IFREG); err != nil {
-		// The daemon opened something: close it again, as the kernel does.
-		h.node = &Node{id: out.NodeId}
-		h.released.Store(true)
-		u.sendRelease(ctx, h)
+	// The open file's flags, as the kernel keeps them after open(2).
+	h := &Handle{fh: out.Fh, flags: f &^ (syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC), openFlags: out.OpenFlags}
+	if err := u.checkNewEntry(ctx, OpCreate, &out.EntryOut, syscall.S_IFREG, func() {
+		// The daemon opened something: release it before forgetting the
+		// node, as the kernel does (a daemon may drop a forgotten node).
+		if out.NodeId != 0 {
+			h.node = &Node{id: out.NodeId}
+			h.released.Store(true)
+			u.sendRelease(ctx, h)
+		}
+	}); err != nil {
 		return nil, nil, err
 	}
 	e := &Entry{Node: u.lookedUp(&out.EntryOut, name), EntryOut: out.EntryOut}
@@ -185,7 +190,7 @@ func (u *Usermount) mkEntry(ctx context.Context, op Opcode, dir *Node, m *Messag
 	if err != nil {
 		return nil, err
 	}
-	if err := u.checkNewEntry(ctx, op, out, typ); err != nil {
+	if err := u.checkNewEntry(ctx, op, out, typ, nil); err != nil {
 		return nil, err
 	}
 	return &Entry{Node: u.lookedUp(out, name), EntryOut: *out}, nil
@@ -194,10 +199,13 @@ func (u *Usermount) mkEntry(ctx context.Context, op Opcode, dir *Node, m *Messag
 // checkNewEntry refuses, with EIO as the kernel does, the entry of a
 // created name that has no nodeid, the root's, or the wrong type (typ 0:
 // any). A refused entry the daemon counted is forgotten again.
-func (u *Usermount) checkNewEntry(ctx context.Context, op Opcode, out *fuse.EntryOut, typ uint32) error {
+func (u *Usermount) checkNewEntry(ctx context.Context, op Opcode, out *fuse.EntryOut, typ uint32, beforeForget func()) error {
 	valid := out.NodeId != 0 && out.NodeId != RootID
 	if valid && (typ == 0 || out.Attr.Mode&syscall.S_IFMT == typ) {
 		return nil
+	}
+	if beforeForget != nil {
+		beforeForget()
 	}
 	if valid {
 		u.sendForgets(ctx, []forgetOne{{nodeid: out.NodeId, nlookup: 1}})

@@ -85,7 +85,7 @@ func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op O
 		return fuse.FileLock{}, err
 	}
 	got := out.Lk
-	if got.Typ != syscall.F_UNLCK && (got.Start > got.End || got.Typ != syscall.F_RDLCK && got.Typ != syscall.F_WRLCK) {
+	if got.Typ != syscall.F_UNLCK && (got.Start > got.End || got.End > OffsetMax || got.Typ != syscall.F_RDLCK && got.Typ != syscall.F_WRLCK) {
 		return fuse.FileLock{}, errProto(op, "lock %+v", got)
 	}
 	return got, nil

@@ -171,6 +171,12 @@ func (u *Usermount) entry(op Opcode, m *Message, name string) (*Entry, error) {
 // NodeGetattr fetches n's attributes (FUSE_GETATTR), with h's file handle
 // when the node is open as a file.
 func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Handle) (*fuse.AttrOut, error) {
+	if h != nil {
+		// A released fh may already name another open in the daemon.
+		if err := usable(h); err != nil {
+			return nil, err
+		}
+	}
 	m := u.newMsg(OpGetattr, n, opTable[OpGetattr].inSize, cred)
 	defer u.destroy(m)
 	in := fuse.GetAttrIn{}
@@ -199,6 +205,12 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	if n.IsDir() {
 		op = OpOpendir
 	}
+	// Without ATOMIC_O_TRUNC the daemon is not asked to truncate on open:
+	// a SETATTR does it after, as the kernel's VFS does.
+	truncate := flags&syscall.O_TRUNC != 0 && op == OpOpen && u.limits().flags&fuse.CAP_ATOMIC_O_TRUNC == 0
+	if truncate {
+		flags &^= syscall.O_TRUNC
+	}
 	m := u.newMsg(op, n, opTable[op].inSize, cred)
 	defer u.destroy(m)
 	f := uint32(flags &^ openStrip)
@@ -212,6 +224,13 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	}
 	h := u.opened(&Handle{node: n, fh: out.Fh, dir: op == OpOpendir, flags: f, openFlags: out.OpenFlags})
 	u.debug(DiagFH, "perfuse: opened", "nodeid", n.id, "fh", h.fh, "dir", h.dir)
+	if truncate {
+		in := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE}}
+		if _, err := u.NodeSetattr(ctx, cred, n, h, &in); err != nil {
+			u.NodeRelease(context.WithoutCancel(ctx), h)
+			return nil, err
+		}
+	}
 	return h, nil
 }
 
@@ -241,6 +260,9 @@ func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 // in requests of at most the negotiated read size. It stops at the first
 // short reply (end of file) and returns the bytes read.
 func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
+	if err := usable(h); err != nil {
+		return 0, err
+	}
 	if h.dir {
 		return 0, syscall.EISDIR
 	}
@@ -288,7 +310,8 @@ func (u *Usermount) NodeReclaim(ctx context.Context, n *Node, count uint64) erro
 	defer u.destroy(m)
 	putIn(m, &fuse.ForgetIn{Nlookup: count})
 	u.debug(DiagReclaim, "perfuse: forget", "nodeid", n.id, "nlookup", count)
-	return u.xchg(ctx, n, m, NoReply)
+	// The count is already taken off: the FORGET must go whatever ctx says.
+	return u.xchg(context.WithoutCancel(ctx), n, m, NoReply)
 }
 
 // batchForgetMax bounds one BATCH_FORGET so that its frame fits any

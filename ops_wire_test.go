@@ -135,7 +135,7 @@ func TestCreateFrame(t *testing.T) {
 	}
 	fl, _ := fakepeer.In[fuse.FlushIn](lastReq(t, p, OpFlush))
 	rel, _ := fakepeer.In[fuse.ReleaseIn](lastReq(t, p, OpRelease))
-	if fl.Fh != 0 || fl.LockOwner != 99 || rel.Fh != 0 || rel.Flags != syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL || rel.ReleaseFlags != 0 {
+	if fl.Fh != 0 || fl.LockOwner != 99 || rel.Fh != 0 || rel.Flags != syscall.O_RDWR || rel.ReleaseFlags != 0 {
 		t.Errorf("FLUSH %+v RELEASE %+v", fl, rel)
 	}
 	if err := u.NodeClose(testCtx(t), caller, h, 99); !errors.Is(err, syscall.EBADF) {
@@ -155,12 +155,13 @@ func TestCreateFrame(t *testing.T) {
 }
 
 // A CREATE entry without a nodeid, or of the wrong type, is EIO; the open
-// the daemon made is released and its lookup forgotten.
+// the daemon made is released, then its lookup forgotten (in that order, as
+// the kernel does: a daemon may drop a forgotten node).
 func TestCreateBadEntry(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	p.Expect(uint32(OpCreate)).Reply(entryOut(9, syscall.S_IFDIR|0o755), fuse.OpenOut{Fh: 5})
-	forget := p.Expect(uint32(OpForget)).Nodeid(9)
 	p.Expect(uint32(OpRelease)).Nodeid(9)
+	forget := p.Expect(uint32(OpForget)).Nodeid(9)
 	if _, _, err := u.NodeCreate(testCtx(t), nil, u.Root(), "f", syscall.O_RDWR, 0o644, 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("create of a directory entry: %v, want EIO", err)
 	}
@@ -168,8 +169,17 @@ func TestCreateBadEntry(t *testing.T) {
 	if rel, _ := fakepeer.In[fuse.ReleaseIn](lastReq(t, p, OpRelease)); rel.Fh != 5 {
 		t.Errorf("released fh %d", rel.Fh)
 	}
+	var order []Opcode
+	for _, r := range p.Received() {
+		if op := Opcode(r.Header.Opcode); op == OpRelease || op == OpForget {
+			order = append(order, op)
+		}
+	}
+	if fmt.Sprint(order) != "[RELEASE FORGET]" {
+		t.Errorf("order %v, want RELEASE before FORGET", order)
+	}
+	// Nodeid 0 names nothing to release or forget.
 	p.Expect(uint32(OpCreate)).Reply(fuse.EntryOut{}, fuse.OpenOut{Fh: 6})
-	p.Expect(uint32(OpRelease)).Nodeid(0)
 	if _, _, err := u.NodeCreate(testCtx(t), nil, u.Root(), "f", syscall.O_RDWR, 0o644, 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("create with nodeid 0: %v, want EIO", err)
 	}
@@ -1090,6 +1100,65 @@ func TestPathconfPrintInactive(t *testing.T) {
 	}
 	if err := u.FsSync(ctx, nil); err != nil {
 		t.Error(err)
+	}
+	atUnmount(p)
+}
+
+// A released handle is refused before the wire: its fh may already name
+// another open in the daemon.
+func TestReleasedHandleRefused(t *testing.T) {
+	p, u := opSession(t, 128<<10, opCaps)
+	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 1})
+	p.Expect(uint32(OpRelease))
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := u.NodeOpen(testCtx(t), nil, e.Node, syscall.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.NodeRelease(testCtx(t), h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.NodeRead(testCtx(t), nil, h, make([]byte, 10), 0); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("read through a released handle: %v, want EBADF", err)
+	}
+	if _, err := u.NodeGetattr(testCtx(t), nil, e.Node, h); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("getattr through a released handle: %v, want EBADF", err)
+	}
+	if _, err := u.NodeRead(testCtx(t), nil, nil, make([]byte, 10), 0); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("read through nil: %v, want EBADF", err)
+	}
+	atUnmount(p)
+}
+
+// Without ATOMIC_O_TRUNC, O_TRUNC is not sent with OPEN; a SETATTR of size
+// 0 on the new handle truncates, as the kernel's VFS does.
+func TestOpenTruncWithoutAtomicOTrunc(t *testing.T) {
+	p, u := opSession(t, 128<<10, opCaps&^fuse.CAP_ATOMIC_O_TRUNC)
+	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(uint32(OpOpen)).Match(func(h *fuse.InHeader, payload []byte) error {
+		if f := nativeEndian.Uint32(payload); f&syscall.O_TRUNC != 0 {
+			return fmt.Errorf("O_TRUNC sent: %#o", f)
+		}
+		return nil
+	}).Reply(fuse.OpenOut{Fh: 4})
+	p.Expect(uint32(OpSetattr)).Match(func(h *fuse.InHeader, payload []byte) error {
+		var in fuse.SetAttrIn
+		copy(structBytes(&in)[inHeaderSize:], payload)
+		if in.Valid != fuse.FATTR_SIZE|fuse.FATTR_FH || in.Size != 0 || in.Fh != 4 {
+			return fmt.Errorf("SETATTR %+v", in.SetAttrInCommon)
+		}
+		return nil
+	}).Reply(attrOut(5, syscall.S_IFREG|0o644, 0))
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.NodeOpen(testCtx(t), nil, e.Node, syscall.O_WRONLY|syscall.O_TRUNC); err != nil {
+		t.Fatal(err)
 	}
 	atUnmount(p)
 }

@@ -108,6 +108,10 @@ func xattrReply(op Opcode, b []byte, size uint32) ([]byte, uint32, error) {
 		if err != nil {
 			return nil, 0, err
 		}
+		if out.Size > xattrSizeMax {
+			// The kernel caps what a probe may announce (XATTR_SIZE_MAX).
+			return nil, 0, errProto(op, "size %d beyond %d", out.Size, xattrSizeMax)
+		}
 		return nil, out.Size, nil
 	}
 	if len(b) > int(size) {
