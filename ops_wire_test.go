@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/fakepeer"
@@ -1159,6 +1160,33 @@ func TestOpenTruncWithoutAtomicOTrunc(t *testing.T) {
 	}
 	if _, err := u.NodeOpen(testCtx(t), nil, e.Node, syscall.O_WRONLY|syscall.O_TRUNC); err != nil {
 		t.Fatal(err)
+	}
+	atUnmount(p)
+}
+
+// A nodeid seen again is the same node, renamed after its last name except
+// through ".."; the entry's TTLs reach the caller as the daemon sent them.
+func TestLookupReusesNodesAndKeepsTTLs(t *testing.T) {
+	p, u := opSession(t, 128<<10, opCaps)
+	e := entryOut(6, syscall.S_IFDIR|0o755)
+	e.EntryValid, e.EntryValidNsec, e.AttrValid, e.AttrValidNsec = 3, 500, 7, 9
+	p.Expect(uint32(OpLookup)).Name("a").Reply(e)
+	p.Expect(uint32(OpLookup)).Name("b").Reply(e)
+	p.Expect(uint32(OpLookup)).Name("..").Reply(e)
+	ea, err := u.NodeLookup(testCtx(t), nil, u.Root(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ea.EntryTimeout() != 3*time.Second+500 || ea.AttrTimeout() != 7*time.Second+9 {
+		t.Errorf("TTLs %v %v", ea.EntryTimeout(), ea.AttrTimeout())
+	}
+	eb, _ := u.NodeLookup(testCtx(t), nil, u.Root(), "b")
+	if eb.Node != ea.Node || ea.Node.Name() != "b" {
+		t.Errorf("same nodeid gave another node (%v) or kept the old name %q", eb.Node != ea.Node, ea.Node.Name())
+	}
+	u.NodeLookup(testCtx(t), nil, u.Root(), "..")
+	if ea.Node.Name() != "b" || u.Lookups(ea.Node) != 3 {
+		t.Errorf("after '..': name %q, %d lookups", ea.Node.Name(), u.Lookups(ea.Node))
 	}
 	atUnmount(p)
 }
