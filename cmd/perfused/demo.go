@@ -19,6 +19,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/kernel"
 	"github.com/perfuse-go/perfuse/internal/sock"
 )
 
@@ -49,6 +50,32 @@ type memRoot struct {
 	files map[string][]byte
 }
 
+// scratchDir is the demo's one writable directory: files created in it
+// are in-memory files that take writes.
+type scratchDir struct{ gofs.Inode }
+
+func (d *scratchDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = 0o777
+	return 0
+}
+
+func (d *scratchDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	f := &gofs.MemRegularFile{Attr: fuse.Attr{Mode: mode & 0o7777}}
+	ch := d.NewPersistentInode(ctx, f, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.AddChild(name, ch, true)
+	f.Getattr(ctx, nil, &fuse.AttrOut{})
+	out.Mode = syscall.S_IFREG | mode&0o7777
+	return ch, nil, 0, 0
+}
+
+func (d *scratchDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if d.GetChild(name) == nil {
+		return syscall.ENOENT
+	}
+	d.RmChild(name)
+	return 0
+}
+
 func (r *memRoot) OnAdd(ctx context.Context) {
 	names := make([]string, 0, len(r.files))
 	for n := range r.files {
@@ -69,24 +96,44 @@ func (r *memRoot) OnAdd(ctx context.Context) {
 		f := &gofs.MemRegularFile{Data: r.files[name], Attr: fuse.Attr{Mode: 0444}}
 		dir.AddChild(parts[len(parts)-1], dir.NewPersistentInode(ctx, f, gofs.StableAttr{}), false)
 	}
+	r.AddChild("scratch", r.NewPersistentInode(ctx, &scratchDir{}, gofs.StableAttr{Mode: syscall.S_IFDIR}), false)
 }
 
-// runDemo serves the embedded tree from an in-memory go-fuse daemon over a
-// socketpair, walks and reads all of it through perfuse, checks every byte,
-// and prints the FUSE trace statistics.
+// runDemo runs the demo through a kernel mount when this process can make
+// one, then mount-free.
 func runDemo(out io.Writer) error {
 	// go-fuse reports the end of its connection through the standard log
 	// package; perfuse's own diagnostics go through slog to stderr.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	log.SetOutput(io.Discard)
-	files, _ := demoTree()
+	if ok, why := kernel.CanMount(); ok {
+		mounted, err := runKernelDemo(out)
+		switch {
+		case err != nil && mounted:
+			return fmt.Errorf("kernel mount: %w", err)
+		case err != nil:
+			// Root with /dev/fuse, but no mount (a container without
+			// CAP_SYS_ADMIN, say): the mount-free run still shows perfuse.
+			fmt.Fprintf(out, "perfuse demo: kernel mount failed (%v); running the mount-free workload only\n", err)
+		}
+		fmt.Fprintln(out)
+	} else {
+		fmt.Fprintf(out, "perfuse demo: no kernel mount (%s); running the mount-free workload only\n\n", why)
+	}
+	return runMountFreeDemo(out)
+}
+
+// serveDemo starts the in-memory go-fuse daemon on one end of a new
+// socketpair and returns the other end and the channel Serve's end is
+// reported on.
+func serveDemo(files map[string][]byte) (*os.File, chan error, error) {
 	ours, theirs, _, err := sock.Pair()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	for _, f := range []*os.File{ours, theirs} {
 		if err := sock.SetBuffers(int(f.Fd()), int(perfuse.BufVarFromEnv("PERFUSE_BUFSIZE", perfuse.DefaultBufSize))); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	root := &memRoot{files: files}
@@ -106,7 +153,18 @@ func runDemo(out io.Writer) error {
 		srv.Serve()
 		served <- nil
 	}()
+	return ours, served, nil
+}
 
+// runMountFreeDemo walks and reads the whole tree through perfuse's
+// operation table (its io/fs view), checks every byte, and prints the FUSE
+// trace statistics.
+func runMountFreeDemo(out io.Writer) error {
+	files, _ := demoTree()
+	ours, served, err := serveDemo(files)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	u, err := perfuse.Attach(ctx, ours, &perfuse.MountInfo{Source: "demo", FSType: "fuse.demo"}, perfuse.WithDiag(perfuse.DiagTrace))
@@ -114,7 +172,7 @@ func runDemo(out io.Writer) error {
 		return err
 	}
 	minor, _, maxWrite, maxRead := u.Negotiated()
-	fmt.Fprintf(out, "perfuse demo: INIT done with an in-memory go-fuse daemon over a socket (protocol 7.%d, max_write %d, max read %d)\n", minor, maxWrite, maxRead)
+	fmt.Fprintf(out, "perfuse demo (mount-free): INIT done with an in-memory go-fuse daemon over a socket (protocol 7.%d, max_write %d, max read %d)\n", minor, maxWrite, maxRead)
 
 	fsys := u.FS(ctx, nil)
 	var nfiles, nbytes int

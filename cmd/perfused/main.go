@@ -1,38 +1,219 @@
-// Command perfused is perfuse's relay daemon. At this stage it runs the
-// demo: an embedded in-memory FUSE filesystem served over a socket and read
-// back through perfuse's operation table.
+// Command perfused is perfuse's relay daemon, as perfused(8) is
+// libperfuse's: it mounts FUSE daemons through the Linux kernel and relays
+// every kernel request to them over a socket, through perfuse's operation
+// table. See usage for the modes.
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log"
+	"log/slog"
 	"os"
+	"strconv"
+	"strings"
+
+	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/policy"
 )
 
-const usage = `usage: perfused -demo
+const usage = `usage:
+  perfused [-fs] [-d classes] [-o options] [-t dir] -i fd
+  perfused [-fs] [-d classes] [-o options] [-t dir] [-l path]
+  perfused [-fs] [-d classes] [-o options] [-t dir] MOUNTPOINT -- COMMAND [ARGS...]
+  perfused -demo
+  perfused --help
 
-  -demo   serve an embedded in-memory FUSE filesystem from a go-fuse daemon
-          over a SEQPACKET socketpair, walk and read every file through
-          perfuse's operation table, compare each byte with the source, and
-          print the FUSE trace statistics. Needs no mount and no privileges.
+perfused mounts FUSE daemons through the kernel's FUSE and relays each kernel
+request to the daemon over a local socket (perfuse's operation table in
+between): the Linux counterpart of NetBSD's perfused(8).
+
+Modes:
+  -i fd    Serve the one mount whose daemon is at the other end of socket fd.
+           This is how perfuse.Open starts perfused ("perfused -i 3"): the
+           daemon sends a mount frame with perfuse.Mount, perfused reads and
+           validates it, takes the owner from the socket's peer credentials,
+           applies the policy below, performs FUSE INIT with the daemon,
+           mounts the target, relays until it is unmounted, and exits 0.
+
+  (listening, the default when no other mode is given)
+           Listen on a SEQPACKET socket (-l path, else $PERFUSE_SOCKET, else
+           /run/perfused.sock; mode 0666, access is decided per mount) and
+           serve one mount per connection, any number at once, each owned by
+           the connecting process's user (SO_PEERCRED). perfuse.Open connects
+           here when the socket exists. perfused does not fork: run it under
+           a service manager, or in the background.
+
+  MOUNTPOINT -- COMMAND [ARGS...]
+           Wrap an unmodified FUSE daemon (libfuse 3, go-fuse): start COMMAND
+           with the relay's socket as fd 3, perform INIT with it, mount at
+           MOUNTPOINT and relay until MOUNTPOINT is unmounted or COMMAND
+           exits. Write /dev/fd/3 where the daemon expects its mountpoint,
+           and keep it in the foreground (-f) if it has the option, e.g.
+               perfused /mnt/sq -- squashfuse -f image.sqfs /dev/fd/3
+               perfused /mnt/ov -- fuse-overlayfs -f -o lowerdir=L,upperdir=U,workdir=W /dev/fd/3
+           The mount is owned by the user running perfused.
+
+  -demo    Run the demo: an embedded in-memory FUSE filesystem served by a
+           go-fuse daemon over a socket. As root with /dev/fuse it is first
+           mounted through the kernel at a temporary directory, walked, read,
+           compared and written with ordinary file calls, and unmounted; then
+           (or only, without /dev/fuse or root, which it says) the same tree
+           is read mount-free through perfuse's operation table. The FUSE
+           trace statistics are printed.
+
+Flags:
+  -o options  Mount options as mount(8) takes them, applied to every mount and
+              winning over what the daemon asks: allow_other,
+              default_permissions, ro, rw, noexec, suid, dev (root owners
+              only), fsname=NAME (the source shown in /proc/mounts; default
+              the daemon's source), subtype=NAME (shown as fuse.NAME; default
+              perfuse), max_read=N. Unknown options are warned about.
+  -d classes  Diagnostic classes, comma-separated: fuse, puffs, dump, fh,
+              reclaim, readdir, requeue, sync, misc, filename, resize, trace
+              (unknown words are warned about). puffs also logs every kernel
+              request; trace keeps trace records from the start.
+  -f          Foreground: also log "misc" diagnostics. (perfused never
+              forks; the flag is accepted for compatibility.)
+  -s          Start with the -d classes off; SIGUSR2 swaps them on and off
+              (upstream uses SIGINFO, which Linux lacks).
+  -t dir      Where SIGUSR1 writes trace dumps (default /run/perfused, or
+              the temporary directory when that is not writable). A dump
+              that cannot be written is a warning, never a dead mount.
+  -l path     Listening socket path (listening mode).
+
+Policy (fixed): a mount owned by a user other than root is nosuid,nodev; its
+mountpoint must be a directory owned by that user and readable and writable
+by them (readable for ro), checked on the directory itself (O_NOFOLLOW,
+fstat) and mounted through that same descriptor; allow_other is granted to
+such a user only if /etc/fuse.conf has user_allow_other (or -o allow_other
+was given to perfused). Mounts show in /proc/mounts as fuse.perfuse with the
+daemon's fsname.
+
+Signals:
+  SIGUSR1         toggle tracing; turning it off dumps the trace of every
+                  mount to DIR/perfused-<target with / as ->.trace
+  SIGUSR2         with -s, toggle the -d diagnostics
+  SIGINT, SIGTERM unmount every mount cleanly (lazily if busy) and exit 0
+
+Exit: 0 after a clean unmount; 1 when the FUSE daemon exited or crashed
+while mounted (the mount is then removed, lazily if busy, and processes using
+it get ENOTCONN instead of hanging); 2 for usage errors; 1 for a refused or
+failed mount. If perfused itself is killed, the kernel aborts the FUSE
+connection: processes get ENOTCONN, and "umount -l MOUNTPOINT" (or
+"fusermount3 -u -z") removes the dead mount.
+
+Environment: PERFUSE_SOCKET (listening socket), PERFUSE_BUFSIZE (socket
+buffers), PERFUSE_OPTIONS (enable_access, disable_access, enable_creat,
+disable_creat).
 `
 
-func main() {
+// flags are the parsed command line.
+type flags struct {
+	fd       int
+	listen   string
+	opts     policy.Options
+	diag     perfuse.Diag
+	fg       bool
+	swap     bool
+	traceDir string
+	demo     bool
+	wrap     []string // MOUNTPOINT COMMAND ARGS...
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fl := flag.NewFlagSet("perfused", flag.ContinueOnError)
-	fl.Usage = func() { fmt.Fprint(os.Stderr, usage) }
-	demo := fl.Bool("demo", false, "run the demo")
-	if err := fl.Parse(os.Args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
+	fl.SetOutput(stderr)
+	fl.Usage = func() { fmt.Fprint(stderr, usage) }
+	f := &flags{}
+	fdStr := fl.String("i", "", "serve the mount on socket `fd`")
+	fl.StringVar(&f.listen, "l", "", "listening socket `path`")
+	optStr := fl.String("o", "", "mount `options`")
+	diagStr := fl.String("d", "", "diagnostic `classes`")
+	fl.BoolVar(&f.fg, "f", false, "foreground")
+	fl.BoolVar(&f.swap, "s", false, "start with diagnostics off; SIGUSR2 toggles")
+	fl.StringVar(&f.traceDir, "t", "", "trace dump `dir`")
+	fl.BoolVar(&f.demo, "demo", false, "run the demo")
+	if err := fl.Parse(args); err != nil {
+		return nil, err
+	}
+	f.fd = -1
+	if *fdStr != "" {
+		n, err := strconv.Atoi(*fdStr)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("-i %q: not a descriptor", *fdStr)
 		}
+		f.fd = n
+	}
+	if unk := f.opts.Parse(*optStr); len(unk) > 0 {
+		slog.Warn("perfused: unknown mount options ignored", "options", strings.Join(unk, ","))
+	}
+	d, unknown := perfuse.ParseDiag(*diagStr)
+	for _, w := range unknown {
+		slog.Warn("perfused: unknown diagnostic class ignored", "class", w)
+	}
+	f.diag = d
+	if f.fg {
+		f.diag |= perfuse.DiagMisc
+	}
+	if rest := fl.Args(); len(rest) > 0 {
+		if len(rest) < 3 || rest[1] != "--" {
+			return nil, fmt.Errorf("want MOUNTPOINT -- COMMAND [ARGS...], got %q", rest)
+		}
+		f.wrap = append([]string{rest[0]}, rest[2:]...)
+	}
+	modes := 0
+	for _, on := range []bool{f.fd >= 0, f.wrap != nil, f.demo, f.listen != ""} {
+		if on {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return nil, errors.New("-i, -l, -demo and MOUNTPOINT -- COMMAND exclude each other")
+	}
+	return f, nil
+}
+
+func main() {
+	// go-fuse logs through the standard log package; keep it on stderr
+	// with our prefix. perfuse logs through slog.
+	log.SetFlags(0)
+	log.SetPrefix("perfused: ")
+	var level slog.LevelVar
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})))
+	f, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(os.Stdout, usage)
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "perfused:", err)
+		fmt.Fprint(os.Stderr, "run perfused --help for the modes\n")
 		os.Exit(2)
 	}
-	if !*demo {
-		fl.Usage()
-		os.Exit(2)
+	if f.diag&^perfuse.DiagTrace != 0 && !f.swap {
+		level.Set(slog.LevelDebug)
 	}
-	if err := runDemo(os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "perfused: demo:", err)
+	if f.demo {
+		if err := runDemo(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "perfused: demo:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	d := newDaemon(f)
+	switch {
+	case f.fd >= 0:
+		err = d.serveFd(f.fd)
+	case f.wrap != nil:
+		err = d.wrap(f.wrap[0], f.wrap[1:])
+	default:
+		err = d.listenAndServe(f.listen)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "perfused:", err)
 		os.Exit(1)
 	}
 }

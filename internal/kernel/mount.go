@@ -1,0 +1,418 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse"
+	"golang.org/x/sys/unix"
+)
+
+// CanMount says whether this process can make kernel FUSE mounts with
+// mount(2): it is root and /dev/fuse opens read-write. It returns the
+// reason when not.
+func CanMount() (bool, string) {
+	if os.Geteuid() != 0 {
+		return false, "not root"
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return false, "no usable /dev/fuse: " + err.Error()
+	}
+	f.Close()
+	return true, ""
+}
+
+// Config says how the kernel mount is made. The zero value is a private
+// (owner-only), nosuid, nodev mount with subtype "perfuse".
+type Config struct {
+	// AllowOther lets users other than the owner in (allow_other). The
+	// caller decides whether the owner may ask for it.
+	AllowOther bool
+	// DefaultPermissions has the kernel check modes itself.
+	DefaultPermissions bool
+	// ReadOnly mounts read-only.
+	ReadOnly bool
+	// Suid and Dev keep setuid bits and device nodes working; they are
+	// honoured for a root owner only (a user's mount is always
+	// nosuid,nodev). NoExec forbids execution.
+	Suid, Dev, NoExec bool
+	// FsName is the source shown in /proc/mounts; default: the mount
+	// frame's source, else "perfuse".
+	FsName string
+	// Subtype is the type shown as fuse.SUBTYPE; default "perfuse".
+	Subtype string
+	// MaxRead caps the kernel's READ size (0: what the daemon allows).
+	MaxRead int
+	// Dir, when set, is the mountpoint opened with O_DIRECTORY|O_NOFOLLOW
+	// by the policy check: a root mount goes through /proc/self/fd/N, so
+	// the directory checked is the directory mounted on.
+	Dir *os.File
+	// Logger receives diagnostics (default slog.Default()).
+	Logger *slog.Logger
+	// Debug logs every kernel request (go-fuse's debug output).
+	Debug bool
+}
+
+// Mounter implements perfuse.Mounter: FsInit calls Mount after the
+// daemon's INIT. One Mounter mounts one session.
+//
+// Life cycle: a kernel unmount (umount(8), Unmount) ends Serve, and the
+// session is then unmounted (FUSE_DESTROY). A daemon that exits or dies
+// ends the session first, and the kernel mount is then removed (lazily if
+// busy) and its connection aborted, so that processes using it get ENOTCONN
+// instead of hanging.
+type Mounter struct {
+	Config
+
+	mu         sync.Mutex
+	srv        *fuse.Server
+	fs         *FS
+	u          *perfuse.Usermount
+	target     string
+	fusermount bool
+	conn       uint32 // FUSE connection number (device minor), 0 if unknown
+	served     chan struct{}
+	done       chan struct{}
+	why        error
+}
+
+// NewMounter returns a Mounter with cfg.
+func NewMounter(cfg Config) *Mounter {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Mounter{Config: cfg, done: make(chan struct{})}
+}
+
+var _ perfuse.Mounter = (*Mounter)(nil)
+
+// Mount mounts u at its MountInfo's target: mount(2) as root, fusermount3
+// otherwise. It returns once the kernel has answered INIT and the mount is
+// ready.
+func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
+	mi := u.MountInfo()
+	if mi.Target == "" {
+		return fmt.Errorf("kernel: no mount target: %w", syscall.EINVAL)
+	}
+	k := New(u, m.Logger)
+	opts := m.mountOptions(u, k)
+	path := mi.Target
+	direct := os.Geteuid() == 0
+	if direct && m.Dir != nil {
+		path = fmt.Sprintf("/proc/self/fd/%d", m.Dir.Fd())
+	}
+	opts.DirectMountStrict = direct
+	if !direct {
+		opts.Options = append(opts.Options, fusermountFlags(opts.DirectMountFlags)...)
+	}
+	srv, err := fuse.NewServer(k, path, opts)
+	if err != nil {
+		return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
+	}
+	m.mu.Lock()
+	m.srv, m.fs, m.u, m.target, m.fusermount = srv, k, u, mi.Target, !direct
+	m.served = make(chan struct{})
+	m.mu.Unlock()
+	go func() {
+		srv.Serve()
+		close(m.served)
+	}()
+	if err := srv.WaitMount(); err != nil {
+		// Mounted through /proc/self/fd/N, go-fuse's poll hack looks in
+		// the directory under the mount (the descriptor predates the
+		// mount): do it on the mount itself.
+		if path == mi.Target || !errors.Is(err, syscall.ENOENT) {
+			m.unmount(true)
+			return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
+		}
+		pollHack(mi.Target)
+	}
+	var st unix.Stat_t
+	if unix.Stat(mi.Target, &st) == nil {
+		m.conn = unix.Minor(st.Dev)
+	}
+	go m.watch()
+	return nil
+}
+
+// mountOptions builds go-fuse's options from the Config and what INIT
+// negotiated with the daemon.
+func (m *Mounter) mountOptions(u *perfuse.Usermount, k *FS) *fuse.MountOptions {
+	mi := u.MountInfo()
+	_, flags, maxWrite, maxRead := u.Negotiated()
+	if m.MaxRead > 0 {
+		maxRead = min(maxRead, m.MaxRead)
+	}
+	fsname := m.FsName
+	if fsname == "" {
+		fsname = mi.Source
+	}
+	if fsname == "" {
+		fsname = "perfuse"
+	}
+	subtype := m.Subtype
+	if subtype == "" {
+		subtype = "perfuse"
+	}
+	opts := &fuse.MountOptions{
+		FsName:       fsname,
+		Name:         subtype,
+		AllowOther:   m.AllowOther,
+		MaxWrite:     min(maxWrite, maxRead),
+		MaxReadAhead: maxRead,
+		// Requests are relayed concurrently; the daemon decides its own
+		// concurrency.
+		MaxBackground: 64,
+		Debug:         m.Debug,
+		Logger:        log.New(logWriter{m.Logger}, "go-fuse: ", 0),
+		// Entries are relayed with the daemon's lookups counted: only a
+		// daemon that does READDIRPLUS gets it from the kernel.
+		DisableReadDirPlus: k.ops.readdirplus == nil || flags&fuse.CAP_READDIRPLUS == 0,
+		DirectMountFlags:   m.mountFlags(mi),
+	}
+	// Locks go to the daemon only if it took them in INIT (POSIX, flock
+	// each on its own); otherwise the kernel keeps them locally.
+	if k.ops.advlock != nil {
+		opts.ExtraCapabilities |= flags & (fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS)
+	}
+	if m.DefaultPermissions {
+		opts.Options = append(opts.Options, "default_permissions")
+	}
+	if os.Geteuid() == 0 {
+		// mount(2) as root: the kernel checks access against the owner,
+		// not against perfused (go-fuse puts its own ids first; the last
+		// value wins).
+		opts.Options = append(opts.Options, fmt.Sprintf("user_id=%d", mi.UID), fmt.Sprintf("group_id=%d", mi.GID))
+	}
+	return opts
+}
+
+// Linux mount(2) flags a mount frame may carry through to the kernel.
+const passFlags = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_SYNCHRONOUS |
+	unix.MS_DIRSYNC | unix.MS_NOATIME | unix.MS_NODIRATIME | unix.MS_LAZYTIME
+
+// mountFlags: the frame's flags (perfuse.Init has already forced
+// nosuid,nodev for a non-root owner), the Config's, and nosuid,nodev
+// unless a root owner asked for suid or dev.
+func (m *Mounter) mountFlags(mi perfuse.MountInfo) uintptr {
+	f := uintptr(mi.Flags) & passFlags
+	if mi.UID != 0 || !m.Suid {
+		f |= unix.MS_NOSUID
+	}
+	if mi.UID != 0 || !m.Dev {
+		f |= unix.MS_NODEV
+	}
+	if m.ReadOnly {
+		f |= unix.MS_RDONLY
+	}
+	if m.NoExec {
+		f |= unix.MS_NOEXEC
+	}
+	if f == 0 {
+		// go-fuse takes 0 as "nosuid,nodev"; MS_SILENT changes nothing
+		// else.
+		f = unix.MS_SILENT
+	}
+	return f
+}
+
+// fusermountFlags spells mount flags as fusermount3 options.
+func fusermountFlags(f uintptr) []string {
+	var o []string
+	for _, x := range []struct {
+		bit  uintptr
+		name string
+	}{{unix.MS_RDONLY, "ro"}, {unix.MS_NOSUID, "nosuid"}, {unix.MS_NODEV, "nodev"}, {unix.MS_NOEXEC, "noexec"},
+		{unix.MS_SYNCHRONOUS, "sync"}, {unix.MS_DIRSYNC, "dirsync"}, {unix.MS_NOATIME, "noatime"}} {
+		if f&x.bit != 0 {
+			o = append(o, x.name)
+		}
+	}
+	return o
+}
+
+// watch ends whichever side outlives the other.
+func (m *Mounter) watch() {
+	select {
+	case <-m.served:
+		// Unmounted in the kernel: end the session (FUSE_DESTROY).
+		m.setWhy(nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := m.u.Unmount(ctx); err != nil {
+			m.Logger.Debug("perfuse: DESTROY after kernel unmount", "err", err)
+		}
+		cancel()
+	case <-m.u.Done():
+		// The daemon exited or died, or the session was ended: no request
+		// can be answered any more, so the mount goes, lazily if busy, and
+		// its connection is aborted so nobody waits on it.
+		m.setWhy(fmt.Errorf("FUSE daemon gone: %w", syscall.ENOTCONN))
+		m.unmount(true)
+		m.abort()
+		select {
+		case <-m.served:
+		case <-time.After(10 * time.Second):
+			m.Logger.Warn("perfuse: kernel connection still serving 10s after the daemon left", "target", m.target)
+		}
+	}
+	close(m.done)
+}
+
+func (m *Mounter) setWhy(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.why == nil {
+		m.why = err
+	}
+}
+
+// Done is closed once both the kernel mount and the session have ended.
+func (m *Mounter) Done() <-chan struct{} { return m.done }
+
+// Err says why the mount ended: nil after an unmount, an error wrapping
+// ENOTCONN when the daemon left first.
+func (m *Mounter) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.why
+}
+
+// FS returns the binding, nil before Mount.
+func (m *Mounter) FS() *FS {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fs
+}
+
+// Target returns the mountpoint, "" before Mount.
+func (m *Mounter) Target() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.target
+}
+
+// Unmount removes the kernel mount (lazily if it is busy) and waits for
+// the session to end. It is safe to call more than once, and after the
+// daemon has left.
+func (m *Mounter) Unmount(ctx context.Context) error {
+	m.mu.Lock()
+	started := m.srv != nil
+	m.mu.Unlock()
+	if !started {
+		return nil
+	}
+	m.setWhy(nil)
+	err := m.unmount(false)
+	select {
+	case <-m.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// unmount removes the kernel mount: a plain unmount first, a lazy one if
+// that fails (busy), unless lazy is set, which goes straight to it.
+func (m *Mounter) unmount(lazy bool) error {
+	m.mu.Lock()
+	target, fm := m.target, m.fusermount
+	m.mu.Unlock()
+	if target == "" {
+		return nil
+	}
+	if fm {
+		return fusermountUnmount(target, lazy)
+	}
+	var err error
+	if !lazy {
+		err = unix.Unmount(target, unix.UMOUNT_NOFOLLOW)
+		if err == nil || errors.Is(err, unix.EINVAL) {
+			return nil
+		}
+	}
+	err = unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+	if errors.Is(err, unix.EINVAL) {
+		// Not (or no longer) a mountpoint.
+		return nil
+	}
+	return err
+}
+
+func fusermountUnmount(target string, lazy bool) error {
+	bin, err := exec.LookPath("fusermount3")
+	if err != nil {
+		if bin, err = exec.LookPath("fusermount"); err != nil {
+			return err
+		}
+	}
+	args := []string{"-u", "-q"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, append(args, target)...)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if lazy {
+			return fmt.Errorf("%s: %v: %s", bin, err, strings.TrimSpace(stderr.String()))
+		}
+		return fusermountUnmount(target, true)
+	}
+	return nil
+}
+
+// abort aborts the kernel's FUSE connection through fusectl, if mounted:
+// every request waiting on it fails with ENOTCONN at once.
+func (m *Mounter) abort() {
+	if m.conn == 0 {
+		return
+	}
+	const fusectl = "/sys/fs/fuse/connections"
+	p := fmt.Sprintf("%s/%d/abort", fusectl, m.conn)
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) && os.Geteuid() == 0 && !fusectlMounted() {
+		// fusectl is usually mounted at boot; mount it if it is not.
+		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil {
+			m.Logger.Debug("perfuse: mount fusectl", "err", err)
+		}
+	}
+	if err := os.WriteFile(p, []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.Logger.Debug("perfuse: abort connection", "path", p, "err", err)
+	}
+}
+
+// pollHack has the kernel send its one POLL at mount time, while nothing
+// else is waiting, so that go-fuse answers ENOSYS and the kernel stops
+// polling (go-fuse's WaitMount does the same on its mountpoint).
+func pollHack(target string) {
+	fd, err := unix.Open(target+"/.go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+func fusectlMounted() bool {
+	b, _ := os.ReadFile("/proc/self/mounts")
+	return bytes.Contains(b, []byte(" fusectl "))
+}
+
+// logWriter sends go-fuse's log lines to slog at debug level.
+type logWriter struct{ l *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.l.Debug(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

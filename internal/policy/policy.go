@@ -1,0 +1,191 @@
+// Package policy is perfused's fixed mount policy (libperfuse-behavior
+// §2.1, §5.3), made race-free:
+//
+//   - a mount owned by anyone but root is nosuid,nodev (perfuse.Init forces
+//     the flags; the kernel mount honours them);
+//   - the mountpoint must be a directory owned by the owner and readable and
+//     writable by them (readable only for a read-only mount). It is opened
+//     with O_DIRECTORY|O_NOFOLLOW and checked with fstat, and the mount is
+//     made on that very directory (/proc/self/fd/N), so nothing can be
+//     swapped in between the check and mount(2) (upstream used stat(2),
+//     which follows symlinks and races);
+//   - allow_other only when asked for, and for a user other than root only
+//     when /etc/fuse.conf says user_allow_other, as fusermount3 decides.
+package policy
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/kernel"
+	"golang.org/x/sys/unix"
+)
+
+// FuseConf is the file that may grant user_allow_other.
+var FuseConf = "/etc/fuse.conf"
+
+// OpenMountpoint opens target for a mount owned by uid and checks it: a
+// directory, reached without following a symlink in its last component,
+// owned by uid and with owner read (and write unless ro) permission. Root
+// may mount anywhere. The caller mounts on the returned directory and
+// closes it afterwards.
+func OpenMountpoint(target string, uid uint32, ro bool) (*os.File, error) {
+	if !strings.HasPrefix(target, "/") {
+		return nil, fmt.Errorf("mountpoint %q is not an absolute path: %w", target, syscall.EINVAL)
+	}
+	fd, err := unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+	}
+	f := os.NewFile(uintptr(fd), target)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+	}
+	if uid == 0 {
+		return f, nil
+	}
+	need := uint32(unix.S_IRUSR | unix.S_IWUSR)
+	if ro {
+		need = unix.S_IRUSR
+	}
+	if st.Uid != uid || st.Mode&need != need {
+		f.Close()
+		return nil, fmt.Errorf("insufficient privileges to mount on %s (owner %d, mode %o; uid %d must own it with %s): %w",
+			target, st.Uid, st.Mode&0o7777, uid, map[bool]string{true: "r", false: "rw"}[ro], syscall.EPERM)
+	}
+	return f, nil
+}
+
+// UserAllowOther reports whether FuseConf has user_allow_other.
+func UserAllowOther() bool {
+	f, err := os.Open(FuseConf)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
+}
+
+// Options are mount options as mount(8) and libfuse take them.
+type Options struct {
+	AllowOther, DefaultPermissions, ReadOnly bool
+	Suid, Dev, NoExec                        bool
+	FsName, Subtype                          string
+	MaxRead                                  int
+}
+
+// ParseOptions applies a comma-separated option list to o. Options a FUSE
+// daemon passes to mount(2) for the kernel (fd=, rootmode=, user_id=,
+// group_id=, blksize=, max_read is kept) are accepted and ignored where the
+// relay decides; unknown ones are returned.
+func (o *Options) Parse(s string) (unknown []string) {
+	for _, w := range strings.Split(s, ",") {
+		w = strings.TrimSpace(w)
+		k, v, _ := strings.Cut(w, "=")
+		switch k {
+		case "":
+		case "allow_other":
+			o.AllowOther = true
+		case "default_permissions":
+			o.DefaultPermissions = true
+		case "ro":
+			o.ReadOnly = true
+		case "rw":
+			o.ReadOnly = false
+		case "suid":
+			o.Suid = true
+		case "nosuid":
+			o.Suid = false
+		case "dev":
+			o.Dev = true
+		case "nodev":
+			o.Dev = false
+		case "exec":
+			o.NoExec = false
+		case "noexec":
+			o.NoExec = true
+		case "fsname":
+			o.FsName = v
+		case "subtype":
+			o.Subtype = v
+		case "max_read":
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				o.MaxRead = n
+			} else {
+				unknown = append(unknown, w)
+			}
+		case "fd", "rootmode", "user_id", "group_id", "blksize", "default", "defaults", "auto", "noauto", "user", "nouser", "async", "atime", "noatime":
+			// Set by the relay, or meaningless here.
+		default:
+			unknown = append(unknown, w)
+		}
+	}
+	return unknown
+}
+
+// Decide turns what the client asked for (its mount frame: flags and
+// option string) and what the administrator set on perfused's command line
+// (admin, applied last) into the kernel mount's configuration, and opens
+// the mountpoint. An error refuses the mount.
+func Decide(mi *perfuse.MountInfo, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
+	var o Options
+	if unk := o.Parse(mi.Data); len(unk) > 0 && log != nil {
+		log.Warn("perfused: mount options ignored", "target", mi.Target, "options", strings.Join(unk, ","))
+	}
+	if mi.Flags&unix.MS_RDONLY != 0 {
+		o.ReadOnly = true
+	}
+	// The administrator's options win.
+	o.AllowOther = o.AllowOther || admin.AllowOther
+	o.DefaultPermissions = o.DefaultPermissions || admin.DefaultPermissions
+	o.ReadOnly = o.ReadOnly || admin.ReadOnly
+	o.NoExec = o.NoExec || admin.NoExec
+	o.Suid = o.Suid || admin.Suid
+	o.Dev = o.Dev || admin.Dev
+	if admin.FsName != "" {
+		o.FsName = admin.FsName
+	}
+	if admin.Subtype != "" {
+		o.Subtype = admin.Subtype
+	}
+	if admin.MaxRead > 0 && (o.MaxRead == 0 || admin.MaxRead < o.MaxRead) {
+		o.MaxRead = admin.MaxRead
+	}
+	if mi.UID != 0 {
+		// A user's mount never honours setuid bits or devices.
+		o.Suid, o.Dev = false, false
+		if o.AllowOther && !admin.AllowOther && !UserAllowOther() {
+			return kernel.Config{}, nil, fmt.Errorf("allow_other asked by uid %d, but %s lacks user_allow_other: %w", mi.UID, FuseConf, syscall.EPERM)
+		}
+	}
+	dir, err := OpenMountpoint(mi.Target, mi.UID, o.ReadOnly)
+	if err != nil {
+		return kernel.Config{}, nil, err
+	}
+	return kernel.Config{
+		AllowOther:         o.AllowOther,
+		DefaultPermissions: o.DefaultPermissions,
+		ReadOnly:           o.ReadOnly,
+		Suid:               o.Suid,
+		Dev:                o.Dev,
+		NoExec:             o.NoExec,
+		FsName:             o.FsName,
+		Subtype:            o.Subtype,
+		MaxRead:            o.MaxRead,
+		Dir:                dir,
+	}, dir, nil
+}

@@ -1,0 +1,102 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/perfuse-go/perfuse"
+)
+
+func TestOpenMountpoint(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give directories to another owner")
+	}
+	base := t.TempDir()
+	mine, theirs, ro, file := filepath.Join(base, "mine"), filepath.Join(base, "theirs"), filepath.Join(base, "ro"), filepath.Join(base, "file")
+	for _, d := range []string{mine, theirs, ro} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chown(mine, 1000, 1000)
+	os.Chown(ro, 1000, 1000)
+	os.Chmod(ro, 0o555)
+	os.WriteFile(file, nil, 0o644)
+	os.Symlink(mine, filepath.Join(base, "link"))
+	for _, c := range []struct {
+		name   string
+		target string
+		uid    uint32
+		ro     bool
+		want   error
+	}{
+		{"owner's directory", mine, 1000, false, nil},
+		{"someone else's directory", theirs, 1000, false, syscall.EPERM},
+		{"root anywhere", theirs, 0, false, nil},
+		{"read-only directory, rw mount", ro, 1000, false, syscall.EPERM},
+		{"read-only directory, ro mount", ro, 1000, true, nil},
+		{"symlink to the owner's directory", filepath.Join(base, "link"), 1000, false, syscall.ENOTDIR},
+		{"symlink, even for root", filepath.Join(base, "link"), 0, false, syscall.ENOTDIR},
+		{"a file", file, 1000, false, syscall.ENOTDIR},
+		{"relative path", "mine", 1000, false, syscall.EINVAL},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f, err := OpenMountpoint(c.target, c.uid, c.ro)
+			if f != nil {
+				f.Close()
+			}
+			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+				t.Errorf("OpenMountpoint(%s, %d, ro=%v) = %v, want %v", c.target, c.uid, c.ro, err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	var o Options
+	unk := o.Parse("fd=3,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,ro,fsname=src,subtype=x,max_read=8192,noexec,bogus,max_read=zz")
+	if !o.AllowOther || !o.DefaultPermissions || !o.ReadOnly || o.FsName != "src" || o.Subtype != "x" || o.MaxRead != 8192 || !o.NoExec {
+		t.Errorf("options %+v", o)
+	}
+	if len(unk) != 2 || unk[0] != "bogus" || unk[1] != "max_read=zz" {
+		t.Errorf("unknown %q", unk)
+	}
+}
+
+// A user's allow_other needs user_allow_other in fuse.conf; a user's suid
+// and dev are dropped.
+func TestDecideUserPolicy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a directory to another owner")
+	}
+	dir := t.TempDir()
+	os.Chown(dir, 1000, 1000)
+	conf := filepath.Join(t.TempDir(), "fuse.conf")
+	FuseConf = conf
+	t.Cleanup(func() { FuseConf = "/etc/fuse.conf" })
+	mi := &perfuse.MountInfo{Target: dir, UID: 1000, GID: 1000, Data: "allow_other,suid,dev"}
+	if _, _, err := Decide(mi, Options{}, nil); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("allow_other without user_allow_other: %v, want EPERM", err)
+	}
+	os.WriteFile(conf, []byte("# comment\nuser_allow_other\n"), 0o644)
+	cfg, f, err := Decide(mi, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if !cfg.AllowOther || cfg.Suid || cfg.Dev {
+		t.Errorf("config %+v", cfg)
+	}
+	mi.UID = 0
+	cfg, f, err = Decide(mi, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if !cfg.Suid || !cfg.Dev {
+		t.Errorf("root asked suid,dev: %+v", cfg)
+	}
+}
