@@ -115,6 +115,14 @@ func (u *Usermount) maxFrame() int {
 	return max(n, 2*pageSize+writeHeader)
 }
 
+// MaxReadahead returns the read-ahead the daemon answered INIT with.
+func (u *Usermount) MaxReadahead() uint32 { return u.limits().maxReadahead }
+
+// SetKernelWrites tells the session that a kernel computes each write's
+// offset, O_APPEND included, so NodeWrite writes where it is told instead
+// of asking the daemon for the size first. The kernel relay sets it.
+func (u *Usermount) SetKernelWrites(on bool) { u.kernelWrites.Store(on) }
+
 // Negotiated returns what INIT settled: the daemon's protocol minor, its
 // flags (those perfuse offered), and the payload limits for WRITE and READ.
 func (u *Usermount) Negotiated() (minor uint32, flags uint64, maxWrite, maxRead int) {
@@ -151,7 +159,11 @@ func (u *Usermount) FsUnmountForce(ctx context.Context, force bool) error {
 	}
 	for _, h := range open {
 		u.debug(DiagFH, "perfuse: released at unmount", "nodeid", h.node.id, "fh", h.fh)
-		if err := u.NodeRelease(ctx, h); err != nil && !errors.Is(err, syscall.EBADF) {
+		switch err := u.NodeRelease(ctx, h); {
+		case err == nil, errors.Is(err, syscall.EBADF):
+		case errors.Is(err, syscall.ENOTCONN):
+			u.debug(DiagFH, "perfuse: release at unmount: daemon gone", "nodeid", h.node.id, "fh", h.fh)
+		default:
 			u.log.Warn("perfuse: release at unmount", "nodeid", h.node.id, "fh", h.fh, "err", err)
 		}
 	}

@@ -36,7 +36,8 @@ func (u *Usermount) HandleFor(n *Node, fh uint64, dir bool, flags uint32) *Handl
 // NodeWrite writes p at offset off of the open file h (FUSE_WRITE), in
 // requests of at most the negotiated max_write, and returns the bytes
 // written; a short answer ends the write there. On a handle opened with
-// O_APPEND the data goes to the end of file (size from GETATTR). A reply
+// O_APPEND the data goes to the end of file (size from GETATTR), unless a
+// kernel relay computes offsets itself (SetKernelWrites). A reply
 // of 0 bytes for a non-empty request, or of more than was sent, is EIO
 // (upstream looped forever). writeFlags (WRITE_* bits) and lockOwner go
 // to the daemon; a lock owner sets WRITE_LOCKOWNER. Writes on one node
@@ -57,7 +58,7 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 	n := h.node
 	n.wmu.Lock()
 	defer n.wmu.Unlock()
-	if h.flags&syscall.O_APPEND != 0 {
+	if h.flags&syscall.O_APPEND != 0 && !u.kernelWrites.Load() {
 		a, err := u.NodeGetattr(ctx, cred, n, h)
 		if err != nil {
 			return 0, err

@@ -163,10 +163,23 @@ func (u *Usermount) entry(op Opcode, m *Message, name string) (*Entry, error) {
 		return nil, err
 	}
 	if out.NodeId == 0 {
-		return nil, syscall.ENOENT
+		return nil, &NegativeEntry{EntryOut: *out}
 	}
 	return &Entry{Node: u.lookedUp(out, name), EntryOut: *out}, nil
 }
+
+// NegativeEntry is the error for a lookup the daemon answered with nodeid
+// 0: the name does not exist (it unwraps to ENOENT), and EntryOut's entry
+// timeout says how long a kernel may cache that answer.
+type NegativeEntry struct {
+	fuse.EntryOut
+}
+
+func (e *NegativeEntry) Error() string {
+	return fmt.Sprintf("perfuse: negative entry (valid %v): %v", e.EntryTimeout(), syscall.ENOENT)
+}
+
+func (e *NegativeEntry) Unwrap() error { return syscall.ENOENT }
 
 // NodeGetattr fetches n's attributes (FUSE_GETATTR), with h's file handle
 // when the node is open as a file.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -1187,6 +1188,46 @@ func TestLookupReusesNodesAndKeepsTTLs(t *testing.T) {
 	u.NodeLookup(testCtx(t), nil, u.Root(), "..")
 	if ea.Node.Name() != "b" || u.Lookups(ea.Node) != 3 {
 		t.Errorf("after '..': name %q, %d lookups", ea.Node.Name(), u.Lookups(ea.Node))
+	}
+	atUnmount(p)
+}
+
+// A negative entry is ENOENT that keeps the daemon's timeout.
+func TestNegativeEntryKeepsTimeout(t *testing.T) {
+	p, u := opSession(t, 128<<10, opCaps)
+	neg := fuse.EntryOut{EntryValid: 4}
+	p.Expect(uint32(OpLookup)).Name("nope").Reply(neg)
+	_, err := u.NodeLookup(testCtx(t), nil, u.Root(), "nope")
+	var ne *NegativeEntry
+	if !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &ne) || ne.EntryTimeout() != 4*time.Second {
+		t.Fatalf("negative entry: %v", err)
+	}
+	atUnmount(p)
+}
+
+// With SetKernelWrites an O_APPEND handle writes where it is told: the
+// kernel has already put the offset at the end of file.
+func TestKernelWritesSkipAppendGetattr(t *testing.T) {
+	p, u := opSession(t, 128<<10, opCaps)
+	u.SetKernelWrites(true)
+	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 2})
+	p.Expect(uint32(OpWrite)).Match(func(h *fuse.InHeader, payload []byte) error {
+		if off := nativeEndian.Uint64(payload[8:]); off != 77 {
+			return fmt.Errorf("offset %d, want 77", off)
+		}
+		return nil
+	}).Reply(fuse.WriteOut{Size: 3})
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := u.NodeOpen(testCtx(t), nil, e.Node, syscall.O_WRONLY|syscall.O_APPEND)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := u.NodeWrite(testCtx(t), nil, h, []byte("abc"), 77, 0, 0); n != 3 || err != nil {
+		t.Fatalf("write: %d %v", n, err)
 	}
 	atUnmount(p)
 }

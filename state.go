@@ -143,10 +143,11 @@ type Usermount struct {
 
 	trace tracer
 
-	unmounting atomic.Bool // Unmount has begun: the daemon's leaving is expected
-	doneOnce   sync.Once
-	done       chan struct{}
-	doneErr    error
+	kernelWrites atomic.Bool // the kernel computes write offsets, O_APPEND included
+	unmounting   atomic.Bool // Unmount has begun: the daemon's leaving is expected
+	doneOnce     sync.Once
+	done         chan struct{}
+	doneErr      error
 }
 
 func (u *Usermount) limits() *limits {

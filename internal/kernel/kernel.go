@@ -155,6 +155,12 @@ func (k *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *
 	}
 	ctx, cred := request(cancel, h)
 	e, err := k.u.NodeLookup(ctx, cred, dir, name)
+	var neg *perfuse.NegativeEntry
+	if errors.As(err, &neg) {
+		// Nodeid 0 with its timeout: the kernel caches the absence.
+		*out = neg.EntryOut
+		return fuse.OK
+	}
 	if err != nil {
 		return status(err)
 	}

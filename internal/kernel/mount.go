@@ -107,6 +107,8 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 		return fmt.Errorf("kernel: no mount target: %w", syscall.EINVAL)
 	}
 	k := New(u, m.Logger)
+	// The kernel gives every write its offset, O_APPEND's included.
+	u.SetKernelWrites(true)
 	opts := m.mountOptions(u, k)
 	path := mi.Target
 	direct := os.Geteuid() == 0
@@ -171,7 +173,7 @@ func (m *Mounter) mountOptions(u *perfuse.Usermount, k *FS) *fuse.MountOptions {
 		Name:         subtype,
 		AllowOther:   m.AllowOther,
 		MaxWrite:     min(maxWrite, maxRead),
-		MaxReadAhead: maxRead,
+		MaxReadAhead: readahead(u.MaxReadahead(), maxRead),
 		// Requests are relayed concurrently; the daemon decides its own
 		// concurrency.
 		MaxBackground: 64,
@@ -415,4 +417,13 @@ type logWriter struct{ l *slog.Logger }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.l.Debug(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// readahead is the daemon's max_readahead, bounded by what one READ may
+// carry; a daemon that answered 0 gets the read size.
+func readahead(daemon uint32, maxRead int) int {
+	if daemon == 0 {
+		return maxRead
+	}
+	return min(int(daemon), maxRead)
 }
