@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -186,5 +187,33 @@ func TestDemoTreeBytes(t *testing.T) {
 	}
 	if !bytes.Equal(got, data) {
 		t.Fatalf("read %d bytes, differing from the %d served", len(got), len(data))
+	}
+}
+
+// Sessions leave nothing behind: after many Attach/Unmount cycles against
+// real daemons the goroutine and fd counts are back where they started.
+func TestSessionsLeakNothing(t *testing.T) {
+	src := makeTree(t)
+	run := func() {
+		u, err := Attach(testCtx(t), gofusepeer.ServeLoopback(t, src), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fs.ReadFile(u.FS(testCtx(t), nil), "hello.txt"); err != nil {
+			t.Fatal(err)
+		}
+		if err := u.Unmount(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		<-u.Done()
+	}
+	run() // warm up lazily started runtime goroutines
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	for i := 0; i < 20; i++ {
+		run()
+	}
+	// The go-fuse servers stop when their socket closes; give them a moment.
+	if !settle(func() bool { return runtime.NumGoroutine() <= goroutines+2 && openFDs(t) <= fds+2 }) {
+		t.Errorf("after 20 sessions: %d goroutines (%d before), %d fds (%d before)", runtime.NumGoroutine(), goroutines, openFDs(t), fds)
 	}
 }
