@@ -103,7 +103,9 @@ func (d *daemon) serve(sock *os.File, mi *perfuse.MountInfo) error {
 		return err
 	}
 	dir.Close() // mounted: the check's descriptor is no longer needed
-	d.log.Debug("perfused: mounted", "target", mi.Target, "source", mi.Source, "owner", mi.UID)
+	minor, _, maxWrite, _ := u.Negotiated()
+	d.log.Debug("perfused: mounted", "target", mi.Target, "source", mi.Source, "owner", mi.UID,
+		"daemon_minor", minor, "max_write", maxWrite)
 	if missing := kernel.Missing(u); len(missing) > 0 {
 		d.log.Debug("perfused: operations this perfuse lacks answer ENOSYS", "ops", strings.Join(missing, ","))
 	}

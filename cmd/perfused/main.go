@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/fusermount"
 	"github.com/perfuse-go/perfuse/internal/policy"
 )
 
@@ -54,6 +55,18 @@ Modes:
            and keep it in the foreground (-f) if it has the option, e.g.
                perfused /mnt/sq -- squashfuse -f image.sqfs /dev/fd/3
                perfused /mnt/ov -- fuse-overlayfs -f -o lowerdir=L,upperdir=U,workdir=W /dev/fd/3
+           Daemons that cannot take /dev/fd/3 (libfuse 2: bindfs, fuse-zip,
+           fuse2fs, unionfs-fuse) are given the real MOUNTPOINT instead:
+               perfused /mnt/x -- bindfs -f /src /mnt/x
+               perfused /mnt/z -- fuse-zip -f -r archive.zip /mnt/z
+           When no argument names /dev/fd/3 (or with -fusermount), perfused
+           runs COMMAND in a private mount namespace where its mount(2) fails
+           with EPERM and fusermount is perfused itself, which hands the
+           daemon the relay's socket (through _FUSE_COMMFD, as fusermount
+           hands over /dev/fuse) and reports the daemon's mount options
+           (fsname=, ro, allow_other, ...); "fusermount -u" does nothing
+           there. Nothing is mounted in that namespace: perfused mounts
+           MOUNTPOINT in its own. This needs root.
            The mount is owned by the user running perfused.
 
   -demo    Run the demo: an embedded in-memory FUSE filesystem served by a
@@ -83,6 +96,8 @@ Flags:
               the temporary directory when that is not writable). A dump
               that cannot be written is a warning, never a dead mount.
   -l path     Listening socket path (listening mode).
+  -fusermount Wrap mode: use the stand-in fusermount (above) even though an
+              argument names /dev/fd/3.
 
 Policy (fixed): a mount owned by a user other than root is nosuid,nodev; its
 mountpoint must be a directory owned by that user and readable and writable
@@ -120,7 +135,10 @@ type flags struct {
 	swap     bool
 	traceDir string
 	demo     bool
-	wrap     []string // MOUNTPOINT COMMAND ARGS...
+	// fusermount: run the wrapped daemon with a stand-in fusermount even
+	// if its command line names /dev/fd/3.
+	fusermount bool
+	wrap       []string // MOUNTPOINT COMMAND ARGS...
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -136,6 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fl.BoolVar(&f.swap, "s", false, "start with diagnostics off; SIGUSR2 toggles")
 	fl.StringVar(&f.traceDir, "t", "", "trace dump `dir`")
 	fl.BoolVar(&f.demo, "demo", false, "run the demo")
+	fl.BoolVar(&f.fusermount, "fusermount", false, "wrap mode: hand the daemon our socket through a stand-in fusermount")
 	if err := fl.Parse(args); err != nil {
 		return nil, err
 	}
@@ -177,6 +196,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 }
 
 func main() {
+	// perfused is also the stand-in fusermount of wrap mode, and the
+	// helper that sets up the wrapped daemon's mount namespace.
+	if status, ok := fusermount.Run(os.Args); ok {
+		os.Exit(status)
+	}
 	// go-fuse logs through the standard log package; keep it on stderr
 	// with our prefix. perfuse logs through slog.
 	log.SetFlags(0)

@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/fusermount"
 	"github.com/perfuse-go/perfuse/internal/sock"
 )
 
@@ -34,13 +36,32 @@ func (d *daemon) wrap(target string, argv []string) error {
 			d.log.Warn("perfused: socket buffers not set", "size", size, "err", err)
 		}
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	standin := d.f.fusermount || !namesSocket(argv)
+	var cmd *exec.Cmd
+	if standin {
+		// The daemon mounts a real mountpoint itself (libfuse 2): run it
+		// with a stand-in fusermount that hands it our socket.
+		if os.Geteuid() != 0 {
+			theirs.Close()
+			ours.Close()
+			return fmt.Errorf("%s names no /dev/fd/%d, so it must be run with a stand-in fusermount in a private mount namespace, which needs root", filepath.Base(argv[0]), fusermount.SocketFD)
+		}
+		self, err := os.Executable()
+		if err != nil {
+			theirs.Close()
+			ours.Close()
+			return err
+		}
+		cmd = fusermount.Command(self, argv, theirs, abs)
+	} else {
+		cmd = exec.Command(argv[0], argv[1:]...)
+		cmd.ExtraFiles = []*os.File{theirs} // fd 3
+		// Its own process group: a terminal's ^C reaches perfused, which
+		// unmounts cleanly, after which the daemon sees its socket close.
+		// Pdeathsig: a daemon does not outlive a perfused that is killed.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	// Its own process group: a terminal's ^C reaches perfused, which
-	// unmounts cleanly, after which the daemon sees its socket close.
-	// Pdeathsig: a daemon does not outlive a perfused that is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
@@ -54,7 +75,15 @@ func (d *daemon) wrap(target string, argv []string) error {
 		Source: base, Target: abs, FSType: "fuse." + base,
 		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
 	}
-	serr := d.serve(ours, mi)
+	var serr error
+	if standin {
+		serr = d.hello(ours, mi, abs)
+	}
+	if serr == nil {
+		serr = d.serve(ours, mi)
+	} else {
+		ours.Close()
+	}
 	var werr error
 	select {
 	case werr = <-exited:
@@ -74,6 +103,46 @@ func (d *daemon) wrap(target string, argv []string) error {
 		}
 		return fmt.Errorf("%s: %w", abs, serr)
 	}
+}
+
+// namesSocket reports whether the daemon's command line names our socket
+// (/dev/fd/3) as its mountpoint; if it does not, the daemon mounts a real
+// mountpoint itself and gets a stand-in fusermount.
+func namesSocket(argv []string) bool {
+	for _, a := range argv[1:] {
+		if strings.Contains(a, fmt.Sprintf("/dev/fd/%d", fusermount.SocketFD)) {
+			return true
+		}
+	}
+	return false
+}
+
+// hello waits for the stand-in fusermount's report and takes the daemon's
+// mount options (fsname, allow_other, ro, …) into mi; subtype is left to
+// perfused (mounts show as fuse.perfuse).
+func (d *daemon) hello(ours *os.File, mi *perfuse.MountInfo, abs string) error {
+	req, err := fusermount.ReadHello(int(ours.Fd()), initTimeout)
+	if err != nil {
+		return fmt.Errorf("%s did not mount: %w", mi.Source, err)
+	}
+	d.log.Debug("perfused: the daemon ran fusermount", "args", strings.Join(req.Args, " "))
+	if want, _ := filepath.EvalSymlinks(abs); req.Mountpoint != "" && req.Mountpoint != abs && req.Mountpoint != want {
+		d.log.Warn("perfused: the daemon asked for another mountpoint; mounting the one perfused was given",
+			"daemon", req.Mountpoint, "mountpoint", abs)
+	}
+	var keep []string
+	for _, o := range strings.Split(req.Options, ",") {
+		k, v, _ := strings.Cut(o, "=")
+		switch k {
+		case "subtype", "":
+		case "fsname":
+			mi.Source = v
+		default:
+			keep = append(keep, o)
+		}
+	}
+	mi.Data = strings.Join(keep, ",")
+	return nil
 }
 
 func exitStatus(err error) string {
