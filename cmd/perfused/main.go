@@ -144,7 +144,9 @@ type flags struct {
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fl := flag.NewFlagSet("perfused", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	fl.Usage = func() { fmt.Fprint(stderr, usage) }
+	// main prints the usage for -help itself (to stdout) and a one-line
+	// hint for errors: the flag package must not print it too.
+	fl.Usage = func() {}
 	f := &flags{}
 	fdStr := fl.String("i", "", "serve the mount on socket `fd`")
 	fl.StringVar(&f.listen, "l", "", "listening socket `path`")
