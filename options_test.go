@@ -165,3 +165,28 @@ func TestInitNeedsXchg(t *testing.T) {
 		t.Fatal("Init with nil callbacks succeeded")
 	}
 }
+
+// The trace keeps the last 4096 finished exchanges.
+func TestTraceKeepsLast4096(t *testing.T) {
+	cb, _ := memCallbacks(t, func(m *Message) []byte {
+		out := attrOut(1, syscall.S_IFDIR|0o755, 1)
+		return replyTo(m, 0, structBytes(&out))
+	})
+	u, err := Init(cb, nil, WithDiag(DiagTrace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < traceMax+500; i++ {
+		if _, err := u.NodeGetattr(context.Background(), nil, u.Root(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	u.TraceDump(&out)
+	if !strings.HasPrefix(out.String(), "Last 4096 operations\n") {
+		t.Errorf("dump starts %q", out.String()[:40])
+	}
+	if s := u.TraceStats()[OpGetattr]; s.Count != traceMax {
+		t.Errorf("%d GETATTR records kept, want %d", s.Count, traceMax)
+	}
+}
