@@ -225,6 +225,10 @@ func (u *Usermount) FsInit(ctx context.Context) error {
 		return err
 	}
 	if u.conf.mounter != nil && u.mi.Target != "" {
+		// Kernel requests come as soon as the mount exists: the transport
+		// must read in its own goroutine (interrupts, many in flight)
+		// before then, not in the pre-loop mode meant for INIT.
+		u.startLoop()
 		if err := u.conf.mounter.Mount(ctx, u); err != nil {
 			return fmt.Errorf("perfuse: mount %s: %w", u.mi.Target, err)
 		}

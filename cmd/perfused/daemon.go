@@ -102,7 +102,7 @@ func (d *daemon) serve(sock *os.File, mi *perfuse.MountInfo) error {
 		cancel()
 		return err
 	}
-	dir.Close() // mounted: the check's descriptor is no longer needed
+	// dir stays open while mounted: the unmount goes through it.
 	minor, _, maxWrite, _ := u.Negotiated()
 	d.log.Debug("perfused: mounted", "target", mi.Target, "source", mi.Source, "owner", mi.UID,
 		"daemon_minor", minor, "max_write", maxWrite)

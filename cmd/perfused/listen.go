@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/perfuse-go/perfuse"
+	"golang.org/x/sys/unix"
 )
 
 // socketPath is -l, else $PERFUSE_SOCKET, else the default.
@@ -96,6 +97,13 @@ func (d *daemon) listenAndServe(flagPath string) error {
 // serveConn serves the one mount of a connection. Failures are logged:
 // they end that mount, never the daemon.
 func (d *daemon) serveConn(f *os.File) {
+	// A client that connects and says nothing must not hold a goroutine
+	// and a descriptor for ever, nor keep perfused from exiting.
+	if err := awaitFrame(f, frameWait); err != nil {
+		f.Close()
+		d.log.Warn("perfused: no mount request", "err", err)
+		return
+	}
 	mi, err := perfuse.ReadMountFrame(f)
 	if err != nil {
 		f.Close()
@@ -111,4 +119,41 @@ func (d *daemon) serveConn(f *os.File) {
 	default:
 		d.log.Warn("perfused: mount refused or failed", "target", mi.Target, "uid", mi.UID, "err", err)
 	}
+}
+
+// frameWait bounds how long a new connection may take to send its mount
+// frame.
+const frameWait = 10 * time.Second
+
+// awaitFrame waits until f has a record to read, or times out.
+func awaitFrame(f *os.File, wait time.Duration) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n int
+	var perr error
+	deadline := time.Now().Add(wait)
+	cerr := rc.Control(func(fd uintptr) {
+		for {
+			ms := int(time.Until(deadline) / time.Millisecond)
+			if ms <= 0 {
+				n, perr = 0, nil
+				return
+			}
+			n, perr = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
+			if perr != unix.EINTR {
+				return
+			}
+		}
+	})
+	switch {
+	case cerr != nil:
+		return cerr
+	case perr != nil:
+		return perr
+	case n == 0:
+		return fmt.Errorf("no mount frame within %v: %w", wait, syscall.ETIMEDOUT)
+	}
+	return nil
 }

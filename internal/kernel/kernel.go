@@ -254,9 +254,24 @@ func (k *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntry
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
+	n := 0
 	err := k.u.NodeReaddir(ctx, cred, h, in.Offset, func(d perfuse.Dirent) bool {
-		return out.AddDirEntry(fuse.DirEntry{Name: d.Name, Ino: d.Ino, Off: d.Off, Mode: d.Type << 12})
+		if !out.AddDirEntry(fuse.DirEntry{Name: d.Name, Ino: d.Ino, Off: d.Off, Mode: d.Type << 12}) {
+			return false
+		}
+		n++
+		return true
 	})
+	return dirStatus(n, err)
+}
+
+// dirStatus: entries already in the reply go to the kernel even when a
+// later request failed (a short read, as the kernel treats it); an error
+// would drop them, and with READDIRPLUS the lookups they carry.
+func dirStatus(entries int, err error) fuse.Status {
+	if entries > 0 {
+		return fuse.OK
+	}
 	return status(err)
 }
 
@@ -273,15 +288,17 @@ func (k *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirE
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
+	n := 0
 	err := k.ops.readdirplus.NodeReaddirplus(ctx, cred, h, in.Offset, func(d perfuse.DirentPlus) bool {
 		e := out.AddDirLookupEntry(fuse.DirEntry{Name: d.Name, Ino: d.Ino, Off: d.Off, Mode: d.Type << 12})
 		if e == nil {
 			return false
 		}
 		*e = d.Entry
+		n++
 		return true
 	})
-	return status(err)
+	return dirStatus(n, err)
 }
 
 func (k *FS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,7 +83,9 @@ type Mounter struct {
 	u          *perfuse.Usermount
 	target     string
 	fusermount bool
-	conn       uint32 // FUSE connection number (device minor), 0 if unknown
+	conn       uint32     // FUSE connection number (device minor), 0 if unknown
+	dirMu      sync.Mutex // guards dirFd, held across the syscalls that use it
+	dirFd      int        // our own dup of Config.Dir while mounted, -1 if none
 	served     chan struct{}
 	done       chan struct{}
 	why        error
@@ -93,7 +96,7 @@ func NewMounter(cfg Config) *Mounter {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Mounter{Config: cfg, done: make(chan struct{})}
+	return &Mounter{Config: cfg, done: make(chan struct{}), dirFd: -1}
 }
 
 var _ perfuse.Mounter = (*Mounter)(nil)
@@ -123,6 +126,15 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 	if err != nil {
 		return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
 	}
+	if direct && m.Dir != nil {
+		// Our own descriptor of the checked directory, whatever the caller
+		// does with Dir: unmounting goes through it.
+		if fd, err := unix.FcntlInt(m.Dir.Fd(), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			m.dirMu.Lock()
+			m.dirFd = fd
+			m.dirMu.Unlock()
+		}
+	}
 	m.mu.Lock()
 	m.srv, m.fs, m.u, m.target, m.fusermount = srv, k, u, mi.Target, !direct
 	m.served = make(chan struct{})
@@ -131,20 +143,19 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 		srv.Serve()
 		close(m.served)
 	}()
-	if err := srv.WaitMount(); err != nil {
-		// Mounted through /proc/self/fd/N, go-fuse's poll hack looks in
-		// the directory under the mount (the descriptor predates the
-		// mount): do it on the mount itself.
-		if path == mi.Target || !errors.Is(err, syscall.ENOENT) {
+	// NewServer has mounted and answered the kernel's INIT. WaitMount only
+	// adds go-fuse's poll hack, which opens a file under the mountpoint:
+	// through /proc/self/fd/N that is the user's directory beneath the
+	// mount, opened as root (a FIFO there would hang us, a symlink point
+	// anywhere). Mounted that way the hack is skipped: the binding answers
+	// POLL with ENOSYS anyway.
+	if path == mi.Target {
+		if err := srv.WaitMount(); err != nil {
 			m.unmount(true)
 			return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
 		}
-		pollHack(mi.Target)
 	}
-	var st unix.Stat_t
-	if unix.Stat(mi.Target, &st) == nil {
-		m.conn = unix.Minor(st.Dev)
-	}
+	m.conn = m.connection(mi.Target)
 	go m.watch()
 	return nil
 }
@@ -269,6 +280,12 @@ func (m *Mounter) watch() {
 			m.Logger.Warn("perfuse: kernel connection still serving 10s after the daemon left", "target", m.target)
 		}
 	}
+	m.dirMu.Lock()
+	if m.dirFd >= 0 {
+		unix.Close(m.dirFd)
+		m.dirFd = -1
+	}
+	m.dirMu.Unlock()
 	close(m.done)
 }
 
@@ -337,14 +354,26 @@ func (m *Mounter) unmount(lazy bool) error {
 	if fm {
 		return fusermountUnmount(target, lazy)
 	}
+	// As root, never by path: the owner may have swapped a directory on
+	// the way for a symlink, and the path would name someone else's mount.
+	// The descriptor of the directory checked at mount time names exactly
+	// the mount stacked on it.
+	// dirMu keeps the descriptor from being closed (and its number
+	// reused) under the unmount.
+	m.dirMu.Lock()
+	defer m.dirMu.Unlock()
+	path, flags := target, unix.UMOUNT_NOFOLLOW
+	if m.dirFd >= 0 {
+		path, flags = fmt.Sprintf("/proc/self/fd/%d", m.dirFd), 0
+	}
 	var err error
 	if !lazy {
-		err = unix.Unmount(target, unix.UMOUNT_NOFOLLOW)
+		err = unix.Unmount(path, flags)
 		if err == nil || errors.Is(err, unix.EINVAL) {
 			return nil
 		}
 	}
-	err = unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+	err = unix.Unmount(path, unix.MNT_DETACH|flags)
 	if errors.Is(err, unix.EINVAL) {
 		// Not (or no longer) a mountpoint.
 		return nil
@@ -394,18 +423,6 @@ func (m *Mounter) abort() {
 	}
 }
 
-// pollHack has the kernel send its one POLL at mount time, while nothing
-// else is waiting, so that go-fuse answers ENOSYS and the kernel stops
-// polling (go-fuse's WaitMount does the same on its mountpoint).
-func pollHack(target string) {
-	fd, err := unix.Open(target+"/.go-fuse-epoll-hack", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
-	unix.Close(fd)
-}
-
 func fusectlMounted() bool {
 	b, _ := os.ReadFile("/proc/self/mounts")
 	return bytes.Contains(b, []byte(" fusectl "))
@@ -426,4 +443,54 @@ func readahead(daemon uint32, maxRead int) int {
 		return maxRead
 	}
 	return min(int(daemon), maxRead)
+}
+
+// connection finds the fusectl id of the mount just made: the device minor
+// of the newest fuse.perfuse mount stacked on the mountpoint. With the
+// directory's descriptor the mountpoint's path comes from the same dentry
+// as /proc/self/mountinfo's, so a path swapped meanwhile cannot name
+// another mount; without it (fusermount mounts) the path is stat'ed.
+func (m *Mounter) connection(target string) uint32 {
+	m.dirMu.Lock()
+	defer m.dirMu.Unlock()
+	if m.dirFd < 0 {
+		var st unix.Stat_t
+		if unix.Stat(target, &st) != nil {
+			return 0
+		}
+		return unix.Minor(st.Dev)
+	}
+	for try := 0; try < 3; try++ {
+		dir := fmt.Sprintf("/proc/self/fd/%d", m.dirFd)
+		where, err := os.Readlink(dir)
+		if err != nil {
+			return 0
+		}
+		info, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return 0
+		}
+		var conn uint32
+		for _, line := range strings.Split(string(info), "\n") {
+			// ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE ...
+			f := strings.Fields(line)
+			sep := slices.Index(f, "-")
+			if len(f) < 5 || sep < 0 || sep+1 >= len(f) || f[4] != mountinfoEscape(where) || !strings.HasPrefix(f[sep+1], "fuse") {
+				continue
+			}
+			var major, minor uint32
+			if _, err := fmt.Sscanf(f[2], "%d:%d", &major, &minor); err == nil && major == 0 {
+				conn = minor // later lines are mounted on top
+			}
+		}
+		if again, _ := os.Readlink(dir); again == where && conn != 0 {
+			return conn
+		}
+	}
+	return 0
+}
+
+// mountinfoEscape escapes a path as /proc/self/mountinfo shows it.
+func mountinfoEscape(p string) string {
+	return strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(p)
 }

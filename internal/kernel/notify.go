@@ -50,7 +50,10 @@ func (k *FS) notify(n *perfuse.Notification) {
 // retrieve asks the kernel for cached data and hands it to the daemon in a
 // NOTIFY_REPLY.
 func (k *FS) retrieve(n *perfuse.Notification) {
-	buf := make([]byte, n.Size)
+	// The daemon chooses the size; the kernel caps a retrieve at
+	// max_write, and so does the relay.
+	_, _, maxWrite, _ := k.u.Negotiated()
+	buf := make([]byte, min(int(n.Size), maxWrite))
 	got, st := k.server().InodeRetrieveCache(n.Nodeid, n.Off, buf)
 	if !st.Ok() {
 		got = 0
