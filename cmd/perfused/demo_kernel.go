@@ -57,7 +57,7 @@ func runKernelDemo(out io.Writer) (mounted bool, err error) {
 	go func() { mainErr <- u.Mainloop() }()
 	minor, _, maxWrite, maxRead := u.Negotiated()
 	fmt.Fprintf(out, "perfuse demo (kernel mount): an in-memory go-fuse daemon over a socket, mounted at %s through perfuse (protocol 7.%d, max_write %d, max read %d)\n", mnt, minor, maxWrite, maxRead)
-	if line := mountLine(mnt); line != "" {
+	if line := kernel.MountLine(mnt); line != "" {
 		fmt.Fprintf(out, "  /proc/mounts: %s\n", line)
 	}
 
@@ -76,7 +76,7 @@ func runKernelDemo(out io.Writer) (mounted bool, err error) {
 	if err := <-served; err != nil && uerr == nil {
 		uerr = err
 	}
-	if mountLine(mnt) == "" {
+	if kernel.MountLine(mnt) == "" {
 		fmt.Fprintf(out, "unmounted %s\n", mnt)
 	}
 	if werr != nil {
@@ -136,15 +136,4 @@ func kernelWorkload(out io.Writer, mnt string, files map[string][]byte) error {
 		fmt.Fprintf(out, "write test skipped: %v\n", err)
 	}
 	return nil
-}
-
-func mountLine(dir string) string {
-	b, _ := os.ReadFile("/proc/mounts")
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		f := bytes.Fields(line)
-		if len(f) > 2 && string(f[1]) == dir {
-			return string(line)
-		}
-	}
-	return ""
 }

@@ -494,3 +494,16 @@ func (m *Mounter) connection(target string) uint32 {
 func mountinfoEscape(p string) string {
 	return strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(p)
 }
+
+// MountLine returns dir's line of /proc/mounts, "" if nothing is mounted
+// there.
+func MountLine(dir string) string {
+	b, _ := os.ReadFile("/proc/mounts")
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		f := bytes.Fields(line)
+		if len(f) > 2 && string(f[1]) == dir {
+			return string(line)
+		}
+	}
+	return ""
+}

@@ -103,16 +103,7 @@ func Mounted(dir string) bool {
 }
 
 // MountLine returns dir's line of /proc/mounts, "" if not mounted.
-func MountLine(dir string) string {
-	b, _ := os.ReadFile("/proc/mounts")
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		f := bytes.Fields(line)
-		if len(f) > 2 && string(f[1]) == dir {
-			return string(line)
-		}
-	}
-	return ""
-}
+func MountLine(dir string) string { return kernel.MountLine(dir) }
 
 // CompareTrees checks that got has exactly want's entries, with the same
 // types, permission bits, symlink targets and file contents.
