@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
+	"github.com/perfuse-go/perfuse/internal/peerutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,26 +68,9 @@ func helperDaemon(backing, target string) error {
 // proc is a child process of a test, killed at cleanup if still running.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuf
+	out  *peerutil.LockedBuffer
 	done chan struct{}
 	err  error
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func start(t *testing.T, role string, env []string, cred *syscall.Credential, args ...string) *proc {
@@ -105,7 +88,7 @@ func startExe(t *testing.T, exe, role string, env []string, cred *syscall.Creden
 			t.Fatal(err)
 		}
 	}
-	p := &proc{out: &lockedBuf{}, done: make(chan struct{})}
+	p := &proc{out: &peerutil.LockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(exe, args...)
 	p.cmd.Env = append(append(os.Environ(), "PERFUSED_TEST_ROLE="+role, "PERFUSED="+exe), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

@@ -10,14 +10,11 @@
 package daemonpeer
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,7 +41,7 @@ type Daemon struct {
 	Conn *os.File
 
 	cmd    *exec.Cmd
-	stderr lockedBuffer
+	stderr peerutil.LockedBuffer
 	done   chan struct{} // closed when the process has exited
 	err    error         // the exit status, once done is closed
 }
@@ -177,23 +174,4 @@ func need(t testing.TB, program string) string {
 	}
 	t.Skip(msg)
 	return ""
-}
-
-// lockedBuffer is a bytes.Buffer safe for the writer goroutines of os/exec
-// and a reader in the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Clone(b.buf.String())
 }

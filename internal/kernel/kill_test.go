@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -22,13 +21,7 @@ import (
 // with an error that says the daemon left.
 func TestRelayDaemonKilledDuringWorkload(t *testing.T) {
 	kerneltest.NeedMount(t)
-	base := t.TempDir()
-	lower, upper, work := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work")
-	for _, d := range []string{lower, upper, work} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	lower, upper, work := overlayDirs(t)
 	d := daemonpeer.FuseOverlayfs(t, lower, upper, work)
 	r := kerneltest.Mount(t, d.Conn, kernel.Config{})
 

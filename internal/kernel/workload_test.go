@@ -111,13 +111,7 @@ func TestRelayGoFuseLoopbackShellWorkload(t *testing.T) {
 // fuse-overlayfs (libfuse 3, writable) through the relay: the same.
 func TestRelayFuseOverlayfsShellWorkload(t *testing.T) {
 	kerneltest.NeedMount(t)
-	base := t.TempDir()
-	lower, upper, work := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work")
-	for _, d := range []string{lower, upper, work} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	lower, upper, work := overlayDirs(t)
 	if err := os.WriteFile(filepath.Join(lower, "from-lower"), []byte("lower layer\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,13 @@
 package peerutil
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"reflect"
+	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -98,4 +101,23 @@ func Decode[T any](b []byte) (v T, ok bool) {
 // CString returns s as a NUL-terminated name, as FUSE requests carry names.
 func CString(s string) []byte {
 	return append([]byte(s), 0)
+}
+
+// LockedBuffer is a bytes.Buffer safe for the writer goroutines of os/exec
+// and a reader in the test.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Clone(b.buf.String())
 }
