@@ -74,6 +74,10 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 	done := 0
 	var err error
 	for done < len(p) {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("perfuse: WRITE not sent: %w", ctxErrno(ctx))
+			break
+		}
 		chunk := p[done:min(len(p), done+u.limits().maxWrite)]
 		var got int
 		got, err = u.writeChunk(ctx, cred, h, chunk, off+int64(done), writeFlags, lockOwner)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -269,9 +270,24 @@ func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 	return u.xchg(ctx, h.node, m, WaitReply)
 }
 
+// spliceSafeRead is the most one READ asks of the daemon. A daemon that
+// splices its reply (go-fuse at its defaults, fuse-overlayfs) sends it into
+// a SEQPACKET socket in sendmsg calls of 16 pipe buffers each, one record
+// per call: a page per buffer, and the 16-byte header in one or two more
+// (two when it straddles a page). 13 pages of payload at any offset span at
+// most 14 pages, so such a reply is still one record, which the transport
+// requires of every reply: pieces of a split reply cannot be told from
+// file data.
+const spliceSafeRead = 13 * pageSize
+
+// readPiecesInFlight bounds the READs one NodeRead has in flight at once.
+const readPiecesInFlight = 16
+
 // NodeRead reads into p from offset off of the open file h (FUSE_READ),
-// in requests of at most the negotiated read size. It stops at the first
-// short reply (end of file) and returns the bytes read.
+// and returns the bytes read; fewer than len(p) means end of file. A read
+// larger than one READ may ask for (the negotiated read size, and
+// spliceSafeRead) goes as several READs in flight together, as the
+// kernel's readahead does; the result ends at the first short one.
 func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
 	if err := usable(h); err != nil {
 		return 0, err
@@ -282,15 +298,36 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 	if off < 0 {
 		return 0, syscall.EINVAL
 	}
-	done := 0
-	for done < len(p) {
-		size := min(len(p)-done, u.limits().maxRead)
-		n, err := u.readChunk(ctx, cred, h, p[done:done+size], off+int64(done))
-		done += n
-		if err != nil {
-			return done, err
+	piece := min(u.limits().maxRead, spliceSafeRead)
+	if len(p) <= piece {
+		return u.readChunk(ctx, cred, h, p, off)
+	}
+	pieces := (len(p) + piece - 1) / piece
+	got := make([]int, pieces)
+	errs := make([]error, pieces)
+	slots := make(chan struct{}, readPiecesInFlight)
+	var wg sync.WaitGroup
+	for i := range pieces {
+		slots <- struct{}{}
+		if err := ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("perfuse: READ not sent: %w", ctxErrno(ctx))
+			<-slots
+			break
 		}
-		if n < size {
+		wg.Go(func() {
+			defer func() { <-slots }()
+			start := i * piece
+			got[i], errs[i] = u.readChunk(ctx, cred, h, p[start:min(len(p), start+piece)], off+int64(start))
+		})
+	}
+	wg.Wait()
+	done := 0
+	for i := range pieces {
+		done += got[i]
+		if errs[i] != nil {
+			return done, errs[i]
+		}
+		if got[i] < min(piece, len(p)-i*piece) {
 			break
 		}
 	}

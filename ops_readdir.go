@@ -3,6 +3,7 @@ package perfuse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -75,6 +76,12 @@ func (u *Usermount) NodeReaddirplus(ctx context.Context, cred *Cred, h *Handle, 
 	return u.readdirplus(ctx, cred, h, off, true, fn)
 }
 
+// lookupCounted reports whether the daemon counted a lookup for d: every
+// entry with a nodeid but the root, "." and "..".
+func lookupCounted(d DirentPlus) bool {
+	return d.Entry.NodeId != 0 && d.Entry.NodeId != RootID && d.Name != "." && d.Name != ".."
+}
+
 // readdirplus reads with READDIRPLUS; keep says whether lookups of
 // accepted entries stay with the caller or are all given back.
 func (u *Usermount) readdirplus(ctx context.Context, cred *Cred, h *Handle, off uint64, keep bool, fn func(DirentPlus) bool) error {
@@ -83,7 +90,7 @@ func (u *Usermount) readdirplus(ctx context.Context, cred *Cred, h *Handle, off 
 		var forget []forgetOne
 		err := ParseDirentsPlus(data, func(d DirentPlus) bool {
 			n++
-			counted := d.Entry.NodeId != 0 && d.Entry.NodeId != RootID && d.Name != "." && d.Name != ".."
+			counted := lookupCounted(d)
 			switch {
 			case counted && (stopped || !keep):
 				forget = append(forget, forgetOne{nodeid: d.Entry.NodeId, nlookup: 1})
@@ -112,10 +119,13 @@ func (u *Usermount) readdirplus(ctx context.Context, cred *Cred, h *Handle, off 
 // readdirLoop sends op (READDIR or READDIRPLUS) from *off until a reply
 // is empty or each says to stop; each gets one reply's payload and
 // returns the cookie of the last entry consumed, how many records it
-// saw, and whether it stopped. A reply with no whole record, or a cookie
-// that does not move, is a protocol error: reading on would loop forever.
+// saw, and whether it stopped. A reply with no whole record is a protocol
+// error, and a cookie that repeats one already read from (a daemon whose
+// cookies stand still or cycle) is EIO: reading on would never end.
 func (u *Usermount) readdirLoop(ctx context.Context, cred *Cred, h *Handle, off *uint64, op Opcode, each func([]byte) (uint64, int, bool, error)) error {
+	seen := map[uint64]bool{}
 	for {
+		seen[*off] = true
 		size := min(u.limits().maxRead, readdirSize)
 		m := u.newMsg(op, h.node, opTable[op].inSize, cred)
 		putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: *off, Size: uint32(size), Flags: h.flags})
@@ -139,8 +149,10 @@ func (u *Usermount) readdirLoop(ctx context.Context, cred *Cred, h *Handle, off 
 			return err
 		case stopped:
 			return nil
-		case n == 0 || last == *off:
-			return errProto(op, "no progress from offset %d", *off)
+		case n == 0:
+			return errProto(op, "no entry from offset %d", *off)
+		case seen[last]:
+			return fmt.Errorf("perfuse: %s: cookie %d after offset %d was read from before: the daemon's cookies cycle: %w", OpName(op), last, *off, syscall.EIO)
 		}
 		*off = last
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // FuseBufSize is libperfuse's FUSE_BUFSIZE: the largest FUSE frame it expects
@@ -118,6 +119,19 @@ func WithCreat(on bool) Option { return func(c *config) { c.noCreat = !on } }
 
 // WithBufSize sets the socket buffer size, overriding PERFUSE_BUFSIZE.
 func WithBufSize(n int) Option { return func(c *config) { c.bufSize = n } }
+
+// WithInterruptGrace sets how long a request whose context ended waits for
+// the daemon's answer after FUSE_INTERRUPT before returning the context's
+// error (default 2 s; negative: not at all). A reply that comes later is
+// still accounted for: an entry it carries is forgotten, an open released.
+func WithInterruptGrace(d time.Duration) Option { return func(c *config) { c.interruptGrace = d } }
+
+// WithRequestTimeout bounds every request of the session: one that the
+// daemon has not answered within d is interrupted, as a cancelled context
+// is, and fails with ETIMEDOUT (wrapping context.DeadlineExceeded). Off
+// (0) by default: a daemon's operation may legitimately take long, and each
+// caller's context already bounds its own requests.
+func WithRequestTimeout(d time.Duration) Option { return func(c *config) { c.requestTimeout = d } }
 
 func newConfig(opts []Option) config {
 	c := config{

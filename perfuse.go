@@ -87,12 +87,16 @@ package perfuse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/ratelog"
+	"github.com/perfuse-go/perfuse/internal/transport"
 )
 
 // Wait says whether an exchange waits for the daemon's reply.
@@ -138,6 +142,8 @@ type Callbacks struct {
 	// that reads replies in a goroutine of its own from then on. Optional.
 	// (Not in libperfuse, where puffs' main loop reads the socket.)
 	Start func(u *Usermount) error
+	// stats reports the socket transport's counters, for TraceDump.
+	stats func() transport.Stats
 	// FsReq is an output: Init sets it to the Usermount's handler for
 	// unsolicited frames (notifications, replies nobody waits for). The
 	// transport must route such frames to it.
@@ -156,6 +162,7 @@ func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 		cb:    cb,
 		conf:  conf,
 		log:   conf.log,
+		warn:  ratelog.New(conf.log, time.Second),
 		nodes: make(map[uint64]*Node),
 		done:  make(chan struct{}),
 	}
@@ -171,6 +178,8 @@ func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 	u.noAccess.Store(conf.noAccess)
 	u.noCreat.Store(conf.noCreat)
 	u.unique.Store(0)
+	u.self = Cred{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), Pid: uint32(os.Getpid())}
+	u.orphans.init()
 	u.root = &Node{id: RootID}
 	u.root.mode.Store(syscall.S_IFDIR)
 	u.root.name.Store("")
@@ -342,34 +351,37 @@ func (u *Usermount) FsReq(m *Message) {
 	defer u.destroy(m)
 	h, ok := m.OutHeader()
 	if !ok {
-		u.log.Warn("perfuse: unsolicited frame shorter than a header", "bytes", len(m.Reply()))
+		u.warn.Warn("short", "perfuse: unsolicited frame shorter than a header", "bytes", len(m.Reply()))
 		return
 	}
 	if h.Unique == 0 {
 		u.gotNotification(NotifyCode(h.Status), m.OutPayload())
 		return
 	}
+	if u.orphans.lateReply(u, h, m) {
+		return
+	}
 	switch syscall.Errno(-h.Status) {
 	case 0, syscall.ENOENT:
 		u.debug(DiagFuse, "perfuse: unsolicited reply", "unique", h.Unique, "error", syscall.Errno(-h.Status))
 	case syscall.ENOTCONN, syscall.EAGAIN, syscall.EMSGSIZE:
-		u.log.Warn("perfuse: operation failed", "unique", h.Unique, "error", syscall.Errno(-h.Status))
+		u.warn.Warn("failed", "perfuse: operation failed", "unique", h.Unique, "error", syscall.Errno(-h.Status))
 	default:
-		u.log.Warn("perfuse: unexpected frame", "unique", h.Unique, "error", h.Status)
+		u.warn.Warn("unexpected", "perfuse: unexpected frame", "unique", h.Unique, "error", h.Status)
 	}
 }
 
 func (u *Usermount) gotNotification(code NotifyCode, payload []byte) {
 	n, err := ParseNotification(code, payload)
 	if err != nil {
-		u.log.Warn("perfuse: bad notification dropped", "err", err)
+		u.warn.Warn("bad-notify", "perfuse: bad notification dropped", "err", err)
 		return
 	}
 	if h := u.notify.Load(); h != nil {
 		(*h)(n)
 		return
 	}
-	u.log.Info("perfuse: notification dropped: no handler", "code", code, "nodeid", n.Nodeid)
+	u.warn.Warn("no-notify-handler", "perfuse: notification dropped: no handler", "code", code, "nodeid", n.Nodeid)
 }
 
 func (u *Usermount) destroy(m *Message) {
@@ -377,6 +389,10 @@ func (u *Usermount) destroy(m *Message) {
 		u.cb.DestroyMsg(m)
 	}
 }
+
+// noCreds are the requests the kernel sends without credentials
+// (args.nocreds, or no caller at all).
+var noCreds = map[Opcode]bool{OpInit: true, OpDestroy: true, OpForget: true, OpBatchForget: true, OpNotifyReply: true}
 
 // newMsg builds a request on node n (nil: no node) for cred.
 func (u *Usermount) newMsg(op Opcode, n *Node, payloadLen int, cred *Cred) *Message {
@@ -392,8 +408,13 @@ func (u *Usermount) newMsg(op Opcode, n *Node, payloadLen int, cred *Cred) *Mess
 	h.Opcode = uint32(op)
 	h.Unique = u.NextUnique()
 	h.NodeId = u.NodeID(n)
-	if cred != nil {
+	switch {
+	case cred != nil:
 		h.Uid, h.Gid, h.Pid = cred.Uid, cred.Gid, cred.Pid
+	case !noCreds[op]:
+		// No caller named: the request is this process's own (as the
+		// kernel's are its caller's). Daemons such as lxcfs answer by pid.
+		h.Uid, h.Gid, h.Pid = u.self.Uid, u.self.Gid, u.self.Pid
 	}
 	return m
 }
@@ -401,20 +422,46 @@ func (u *Usermount) newMsg(op Opcode, n *Node, payloadLen int, cred *Cred) *Mess
 // xchg sends m and checks its reply: the header must echo the unique, its
 // length match the frame, its status be a negated errno, and a successful
 // payload be outSize bytes when the opcode has a fixed reply size. The
-// returned error is the daemon's errno or a protocol error (EPROTO).
+// returned error is the daemon's errno or a protocol error (EPROTO). A
+// context that has already ended fails before anything is sent.
 func (u *Usermount) xchg(ctx context.Context, n *Node, m *Message, wait Wait) error {
 	op := m.Opcode()
+	if ctx.Err() != nil {
+		return fmt.Errorf("perfuse: %s not sent: %w", OpName(op), ctxErrno(ctx))
+	}
+	if d := u.conf.requestTimeout; d > 0 && wait == WaitReply {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	rec := u.trace.begin(u, op, n, m)
 	u.xchgCount.Add(1)
-	u.inFlight.Add(1)
+	orphanable := wait == WaitReply && u.orphans.track(op, m)
 	err := u.cb.XchgMsg(ctx, u, m, wait)
-	u.inFlight.Add(-1)
+	if orphanable && (err == nil || !isContextErr(err)) {
+		// Answered, or failed in a way that leaves no reply to come.
+		u.orphans.untrack(m)
+	}
 	if err == nil && wait == WaitReply {
 		err = u.checkReply(op, m)
 	}
 	u.trace.end(u, rec, err)
 	u.logExchange(m, err)
 	return err
+}
+
+// ctxErrno is the error of a request whose context has ended: the
+// context's error with EINTR (cancelled, as an interrupted system call) or
+// ETIMEDOUT (deadline).
+func ctxErrno(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ctx.Err(), syscall.ETIMEDOUT)
+	}
+	return fmt.Errorf("%w: %w", ctx.Err(), syscall.EINTR)
+}
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func (u *Usermount) checkReply(op Opcode, m *Message) error {

@@ -12,34 +12,37 @@ import (
 // SocketCallbacks returns Callbacks that carry frames over f, a connected
 // SEQPACKET (or DGRAM) socket whose peer is a FUSE daemon: the transport
 // perfused uses. It takes ownership of f. Any number of goroutines may have
-// requests in flight; replies are matched by unique. Before Mainloop,
-// exchanges read the socket themselves (the pre-loop mode INIT uses); from
-// Mainloop on a reader goroutine does. When the daemon goes away every
-// waiter gets ENOTCONN and the session is shut down.
+// requests in flight; replies are matched by unique, by one reader
+// goroutine from the first frame on. Every record must be one whole frame:
+// one that is not (a reply spliced into several records, or garbage) fails
+// the connection. When the daemon goes away every waiter gets ENOTCONN and
+// the session is shut down.
 func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	conf := newConfig(opts)
 	if err := sock.SetBuffers(int(f.Fd()), conf.bufSize); err != nil {
 		conf.log.Warn("perfuse: socket buffers not set", "size", conf.bufSize, "err", err)
 	}
 	cb := &Callbacks{}
-	// Frames are read only during an exchange or after Start, both after
-	// Init has set FsReq.
-	conn, err := transport.New(f, func(frame []byte) {
-		if cb.FsReq == nil {
-			conf.log.Warn("perfuse: unsolicited frame before Init dropped", "bytes", len(frame))
-			return
-		}
-		m := &Message{}
-		m.SetReply(frame)
-		cb.FsReq(nil, m)
-	}, conf.log)
+	conn, err := transport.New(f, transport.Options{
+		Unsolicited: func(frame []byte) {
+			if cb.FsReq == nil {
+				conf.log.Warn("perfuse: unsolicited frame before Init dropped", "bytes", len(frame))
+				return
+			}
+			m := &Message{}
+			m.SetReply(frame)
+			cb.FsReq(nil, m)
+		},
+		Log:            conf.log,
+		InterruptGrace: conf.interruptGrace,
+	})
 	if err != nil {
 		return nil, err
 	}
 	cb.MaxFrame = conn.MaxFrame()
 	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
 		if wait == NoReply {
-			return conn.Send(m.Request())
+			return conn.Send(ctx, m.Request())
 		}
 		reply, err := conn.Exchange(ctx, m.Request())
 		if err != nil {
@@ -59,10 +62,10 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 			}
 			um.Shutdown(conn.Err())
 		}()
-		conn.Start()
 		return nil
 	}
 	cb.Umount = func(*Usermount) { conn.Close() }
+	cb.stats = conn.Stats
 	return cb, nil
 }
 

@@ -5,8 +5,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/ratelog"
 )
 
 // RootID is the nodeid of the filesystem root (FUSE_ROOT_ID).
@@ -102,6 +104,10 @@ type config struct {
 	noCreat  bool
 	bufSize  int
 	mounter  Mounter
+	// interruptGrace and requestTimeout: see WithInterruptGrace and
+	// WithRequestTimeout.
+	interruptGrace time.Duration
+	requestTimeout time.Duration
 }
 
 // Usermount is one perfuse session with one FUSE daemon: libperfuse's
@@ -114,6 +120,7 @@ type Usermount struct {
 	mi   MountInfo
 	conf config
 	log  *slog.Logger
+	warn *ratelog.Logger // what a peer can make us log
 	diag atomic.Uint32
 
 	unique   atomic.Uint64
@@ -137,7 +144,13 @@ type Usermount struct {
 	unsupported [maxOpcode + 1]atomic.Bool
 
 	xchgCount atomic.Int64 // exchanges so far
-	inFlight  atomic.Int64 // exchanges waiting for their reply now
+
+	// orphans are the requests whose caller left before their reply
+	// came, for which a late reply must be undone (orphans.go).
+	orphans orphanage
+	// self is the credentials of a request made with a nil *Cred: this
+	// process's.
+	self Cred
 
 	notify atomic.Pointer[func(*Notification)]
 

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -101,7 +103,31 @@ func (u *Usermount) TraceDump(w io.Writer) error {
 	fmt.Fprintf(bw, "Nodes: %d\n", u.NodeCount())
 	fmt.Fprintf(bw, "Exchanges: %d\n", u.xchgCount.Load())
 	fmt.Fprintf(bw, "Nodes possibly leaked: %d\n", 0)
+	c := u.Counters()
+	for _, name := range slices.Sorted(maps.Keys(c)) {
+		if c[name] != 0 {
+			fmt.Fprintf(bw, "%s: %d\n", name, c[name])
+		}
+	}
 	return bw.Flush()
+}
+
+// Counters returns the session's event counters by name: what the
+// transport did beyond plain exchanges (INTERRUPTs sent, requests
+// abandoned after their grace, unsolicited frames handled and dropped,
+// sends that timed out) and the late replies undone. TraceDump prints the
+// ones that are not zero.
+func (u *Usermount) Counters() map[string]int64 {
+	c := map[string]int64{"Late replies undone": u.orphans.lateUndone()}
+	if u.cb.stats != nil {
+		s := u.cb.stats()
+		c["Interrupts sent"] = s.Interrupts
+		c["Requests abandoned"] = s.Abandoned
+		c["Unsolicited frames"] = s.Unsolicited
+		c["Unsolicited frames dropped"] = s.DroppedUnsolic
+		c["Send timeouts"] = s.SendTimeouts
+	}
+	return c
 }
 
 // OpStats is the trace statistics of one opcode.

@@ -257,8 +257,9 @@ func (p *Peer) serve() {
 	for {
 		n, err := p.conn.Read(buf)
 		if err != nil {
-			// EOF: the client closed its end; ErrClosed: Kill.
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
+			// EOF: the client closed its end; ECONNRESET: it closed with
+			// our records unread (a failed connection); ErrClosed: Kill.
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.ECONNRESET) {
 				p.problem("read: %v", err)
 			}
 			return

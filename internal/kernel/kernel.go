@@ -16,10 +16,13 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/ratelog"
 )
 
 // fopenPassthrough is FOPEN_PASSTHROUGH: a daemon's backing id means
@@ -40,6 +43,10 @@ type FS struct {
 	hmu     sync.Mutex
 	handles map[uint64]*perfuse.Handle // kernel fh -> open
 	nextFh  uint64
+
+	retrieves        chan struct{} // a slot per NOTIFY_RETRIEVE in flight
+	retrievesDropped atomic.Int64
+	warn             *ratelog.Logger
 }
 
 // New returns the binding for u. Daemon notifications are relayed to the
@@ -54,6 +61,8 @@ func New(u *perfuse.Usermount, log *slog.Logger) *FS {
 		ops:           findOps(u),
 		log:           log,
 		handles:       make(map[uint64]*perfuse.Handle),
+		retrieves:     make(chan struct{}, retrievesInFlight),
+		warn:          ratelog.New(log, time.Second),
 	}
 	u.SetNotifyHandler(k.notify)
 	return k

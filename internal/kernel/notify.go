@@ -8,7 +8,14 @@ import (
 )
 
 // retrieveTimeout bounds a NOTIFY_RETRIEVE round trip to the kernel.
-const retrieveTimeout = 30 * time.Second
+const retrieveTimeout = 10 * time.Second
+
+// retrievesInFlight bounds the NOTIFY_RETRIEVEs served at once, and so
+// the memory a daemon can make the relay hold (each up to max_write). A
+// daemon that asks for more while that many are pending, and so is not
+// reading its socket, has the others dropped: the kernel would answer
+// them, but a daemon that floods retrieves without reading gets no more.
+const retrievesInFlight = 8
 
 // notify relays a daemon notification to the kernel through go-fuse's
 // notify calls. Before the kernel mount exists there is no cache to
@@ -34,7 +41,16 @@ func (k *FS) notify(n *perfuse.Notification) {
 	case perfuse.NotifyRetrieve:
 		// The kernel answers through go-fuse's read loop; do not hold up
 		// the notifications behind this one.
-		go k.retrieve(n)
+		select {
+		case k.retrieves <- struct{}{}:
+			go func() {
+				defer func() { <-k.retrieves }()
+				k.retrieve(n)
+			}()
+		default:
+			k.retrievesDropped.Add(1)
+			k.warn.Warn("retrieve", "perfuse: NOTIFY_RETRIEVE dropped: too many in flight", "max", retrievesInFlight, "nodeid", n.Nodeid)
+		}
 		return
 	default:
 		// POLL wakeups need kernel poll handles, which go-fuse does not
@@ -46,6 +62,10 @@ func (k *FS) notify(n *perfuse.Notification) {
 		k.log.Debug("perfuse: kernel refused notification", "code", n.Code, "status", st)
 	}
 }
+
+// RetrievesDropped returns how many NOTIFY_RETRIEVEs were dropped because
+// too many were in flight.
+func (k *FS) RetrievesDropped() int64 { return k.retrievesDropped.Load() }
 
 // retrieve asks the kernel for cached data and hands it to the daemon in a
 // NOTIFY_REPLY.

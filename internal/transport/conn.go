@@ -1,6 +1,16 @@
 // Package transport is perfuse's default message transport: FUSE frames over
 // an AF_UNIX SOCK_SEQPACKET (or SOCK_DGRAM) socket, one frame per record, as
 // perfused's msg.c carries them, with many requests in flight at once.
+//
+// Every record must be one whole frame. A daemon that splices a reply into a
+// SEQPACKET socket sends it as several records, and the later ones carry no
+// header: they are raw file data, and two splicing threads interleave their
+// pieces. No reader can tell such a piece from a frame with certainty, so
+// this transport never joins pieces: its callers ask for READs small enough
+// to fit one record however the daemon sends them (see perfuse's
+// spliceSafeRead), and a record that is not one whole frame fails the
+// connection. Nothing is ever glued onto the wrong reply, and nobody waits on
+// a reply that was lost.
 package transport
 
 import (
@@ -16,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,67 +34,106 @@ const (
 	inHeaderSize  = 40
 	outHeaderSize = 16
 	opInterrupt   = 36
+	opInit        = 26
 	// sendSlack is what AF_UNIX takes from SO_SNDBUF for its own
 	// accounting: a record larger than sndbuf - 32 fails with EMSGSIZE.
 	sendSlack = 32
-	// partialTimeout is how long a split reply may wait for its next
-	// record: a splicing daemon sends the pieces back to back.
-	partialTimeout = 2 * time.Second
-	// unsolQueue bounds the unsolicited frames waiting for the handler.
+	// unsolQueue and unsolBytes bound the unsolicited frames waiting for
+	// the handler, in count and in bytes: a daemon that floods
+	// notifications costs at most this much memory.
 	unsolQueue = 1024
-	// sendPoll is how often a send blocked on a full socket looks at its
-	// context.
-	sendPoll = 50 * time.Millisecond
+	unsolBytes = 16 << 20
 	// interruptRetry is how long to wait before re-sending an INTERRUPT
-	// that the daemon answered with EAGAIN.
+	// that the daemon answered with EAGAIN, or that found the socket full.
 	interruptRetry = 10 * time.Millisecond
+	// DefaultInterruptGrace is how long a caller whose context ended waits
+	// for the daemon's answer after INTERRUPT. A daemon that honours
+	// INTERRUPT answers within milliseconds; one that ignores it finishes
+	// the operation, which for a local daemon takes well under this. Past
+	// it the caller gets its context's error, and a late answer is handed
+	// to the unsolicited handler, so that what it created can be undone.
+	DefaultInterruptGrace = 2 * time.Second
+	// DefaultSendTimeout bounds a send that has no reply to wait for
+	// (FORGET, NOTIFY_REPLY) when its context has no deadline: a daemon
+	// that stops reading cannot hold the sender forever.
+	DefaultSendTimeout = 10 * time.Second
 )
 
 var le = binary.NativeEndian
 
 // ErrClosed is reported to every waiter once the connection is gone: the
-// daemon closed its end, died, or the Conn was closed.
+// daemon closed its end, died, sent a record that is not one whole frame,
+// or the Conn was closed.
 var ErrClosed = syscall.ENOTCONN
+
+// Options configure a Conn. The zero value is usable.
+type Options struct {
+	// Unsolicited receives every frame that answers no waiting request:
+	// notifications (unique 0), replies to fire-and-forget requests, and
+	// late replies to requests whose caller has gone. It runs in a
+	// goroutine of its own, one frame at a time. Nil drops them.
+	Unsolicited func(frame []byte)
+	// Log receives the transport's warnings, rate-limited. Nil is
+	// slog.Default().
+	Log *slog.Logger
+	// InterruptGrace overrides DefaultInterruptGrace; negative means no
+	// grace (leave as soon as INTERRUPT is sent).
+	InterruptGrace time.Duration
+}
+
+// Stats counts what the transport did beyond plain exchanges.
+type Stats struct {
+	Interrupts     int64 // INTERRUPT frames sent, resends included
+	Abandoned      int64 // requests whose caller left after the grace
+	Unsolicited    int64 // frames handed to the unsolicited handler
+	DroppedUnsolic int64 // unsolicited frames dropped: queue full or no handler
+	SendTimeouts   int64 // sends that gave up on a full socket
+}
 
 type result struct {
 	frame []byte
 	err   error
 }
 
-// Conn carries FUSE frames over one socket.
+// waiter is one request in flight.
+type waiter struct {
+	ch    chan result // buffered: whoever answers never blocks
+	retry *time.Timer // the one INTERRUPT resend timer of this request
+}
+
+// Conn carries FUSE frames over one socket. One reader goroutine reads
+// every record from New to the end; any number of goroutines may exchange.
 //
-// Lock order: readMu before mu. mu guards pending, partial, err and
-// noInterrupt; readMu is held by whoever reads the socket (the caller of a
-// pre-loop exchange, or the reader goroutine), so records are read in
-// order by one reader at a time.
+// Locks: mu guards pending, err and noInterrupt; it is never held across a
+// socket operation. sendSem (a channel, so that waiting for it honours a
+// context) is held by the one sender waiting for room in a full socket,
+// which owns the file's write deadline meanwhile.
 type Conn struct {
-	f         *os.File
-	rc        syscall.RawConn
-	log       *slog.Logger
-	unsol     func(frame []byte)
-	unsolQ    chan []byte // drained by its own goroutine: handlers may call back in
-	maxSend   int
-	readBuf   []byte
-	running   atomic.Bool
-	joined    atomic.Int64 // replies that came split over several records
-	startOnce sync.Once
-	done      chan struct{}
+	f       *os.File
+	rc      syscall.RawConn
+	log     *slog.Logger
+	unsol   func(frame []byte)
+	unsolQ  chan []byte // drained by its own goroutine: handlers may call back in
+	queued  atomic.Int64
+	grace   time.Duration
+	maxSend int
+	readBuf []byte
+	done    chan struct{}
+	sendSem chan struct{}
+	warn    *ratelog.Logger
 
-	readMu sync.Mutex
+	interrupts, abandoned, unsolicited, droppedUnsol, sendTimeouts atomic.Int64
 
-	mu           sync.Mutex
-	pending      map[uint64]chan result
-	partial      []byte // a reply whose later records are still to come
-	partialTimer *time.Timer
-	err          error
-	noInterrupt  bool
+	mu          sync.Mutex
+	pending     map[uint64]*waiter
+	err         error
+	noInterrupt bool
 }
 
 // New takes ownership of f, a connected SEQPACKET or DGRAM socket, and
-// returns a Conn on it. unsolicited receives every frame that answers no
-// waiting request: notifications (unique 0), replies to fire-and-forget
-// requests, replies with unknown uniques.
-func New(f *os.File, unsolicited func(frame []byte), log *slog.Logger) (*Conn, error) {
+// returns a Conn on it with its reader running.
+func New(f *os.File, opts Options) (*Conn, error) {
+	log := opts.Log
 	if log == nil {
 		log = slog.Default()
 	}
@@ -119,29 +169,37 @@ func New(f *os.File, unsolicited func(frame []byte), log *slog.Logger) (*Conn, e
 		nf.Close()
 		return nil, err
 	}
+	grace := opts.InterruptGrace
+	switch {
+	case grace == 0:
+		grace = DefaultInterruptGrace
+	case grace < 0:
+		grace = 0
+	}
 	// A record can be as large as the larger of the two buffers the peer
-	// may have set; read into one buffer of that size, reused.
+	// may have set; read into one buffer of that size, reused. One byte
+	// more tells a record that fills it from one that was truncated.
 	c := &Conn{
 		f:       nf,
 		rc:      rc,
 		log:     log,
-		unsol:   unsolicited,
+		unsol:   opts.Unsolicited,
+		grace:   grace,
 		maxSend: sndbuf - sendSlack,
 		readBuf: make([]byte, max(sndbuf, rcvbuf)+1),
 		done:    make(chan struct{}),
-		pending: make(map[uint64]chan result),
+		sendSem: make(chan struct{}, 1),
+		pending: make(map[uint64]*waiter),
 		unsolQ:  make(chan []byte, unsolQueue),
+		warn:    ratelog.New(log, time.Second),
 	}
 	go c.unsolicitedLoop()
+	go c.readLoop()
 	return c, nil
 }
 
 // MaxFrame is the largest record this side can send.
 func (c *Conn) MaxFrame() int { return c.maxSend }
-
-// SplitReplies returns how many replies arrived split over several records
-// and were joined.
-func (c *Conn) SplitReplies() int64 { return c.joined.Load() }
 
 // Done is closed when the connection is gone.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -153,13 +211,15 @@ func (c *Conn) Err() error {
 	return c.err
 }
 
-// Start begins the reader goroutine: the main loop. Before Start,
-// exchanges read the socket themselves (libperfuse's pre-loop mode).
-func (c *Conn) Start() {
-	c.startOnce.Do(func() {
-		c.running.Store(true)
-		go c.readLoop()
-	})
+// Stats returns the transport's counters.
+func (c *Conn) Stats() Stats {
+	return Stats{
+		Interrupts:     c.interrupts.Load(),
+		Abandoned:      c.abandoned.Load(),
+		Unsolicited:    c.unsolicited.Load(),
+		DroppedUnsolic: c.droppedUnsol.Load(),
+		SendTimeouts:   c.sendTimeouts.Load(),
+	}
 }
 
 // Close shuts the connection: every waiter gets ENOTCONN, the reader
@@ -170,25 +230,35 @@ func (c *Conn) Close() error {
 }
 
 // Send sends a request that gets no reply (FORGET, BATCH_FORGET,
-// INTERRUPT, NOTIFY_REPLY). A reply that comes anyway is unsolicited.
-func (c *Conn) Send(frame []byte) error {
+// NOTIFY_REPLY). A reply that comes anyway is unsolicited. Without a
+// deadline in ctx the send gives up after DefaultSendTimeout.
+func (c *Conn) Send(ctx context.Context, frame []byte) error {
 	if err := c.Err(); err != nil {
 		return err
 	}
-	return c.write(context.Background(), frame)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultSendTimeout)
+		defer cancel()
+	}
+	return c.write(ctx, frame)
 }
 
 // Exchange sends a request and waits for the frame that answers it,
-// matched by unique, whatever order replies come in. Cancelling ctx sends
-// FUSE_INTERRUPT and goes on waiting for the daemon's answer, as the kernel
-// does. If the reader goroutine is not started yet, the caller reads the
-// socket itself until its reply comes.
+// matched by unique, whatever order replies come in. A context that has
+// already ended fails before anything is sent. Cancelling ctx later sends
+// FUSE_INTERRUPT and waits up to the interrupt grace for the daemon's
+// answer, then returns the context's error; a reply that comes after that
+// goes to the unsolicited handler.
 func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 	if len(frame) < inHeaderSize {
 		return nil, fmt.Errorf("transport: request of %d bytes: %w", len(frame), syscall.EINVAL)
 	}
+	if ctx.Err() != nil {
+		return nil, ctxError(ctx, "not sent")
+	}
 	unique := le.Uint64(frame[8:])
-	ch := make(chan result, 1)
+	w := &waiter{ch: make(chan result, 1)}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -199,91 +269,81 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("transport: unique %d already in flight: %w", unique, syscall.EINVAL)
 	}
-	c.pending[unique] = ch
+	c.pending[unique] = w
 	c.mu.Unlock()
 
 	if err := c.write(ctx, frame); err != nil {
-		c.mu.Lock()
-		delete(c.pending, unique)
-		c.mu.Unlock()
+		c.forget(unique, w)
 		return nil, err
 	}
-	if !c.running.Load() {
-		return c.waitSync(ctx, unique, ch)
-	}
 	select {
-	case r := <-ch:
+	case r := <-w.ch:
 		return r.frame, r.err
 	case <-ctx.Done():
-		c.interrupt(unique)
-		r := <-ch
+	}
+	wait := c.grace
+	if le.Uint32(frame[4:]) == opInit {
+		// A daemon takes nothing before INIT, INTERRUPT included (the
+		// kernel never interrupts INIT): leave at once.
+		wait = 0
+	} else {
+		c.interrupt(unique, w)
+	}
+	grace := time.NewTimer(wait)
+	defer grace.Stop()
+	select {
+	case r := <-w.ch:
+		return r.frame, r.err
+	case <-grace.C:
+	}
+	if !c.forget(unique, w) {
+		// Answered (or failed) while the grace ran out.
+		r := <-w.ch
 		return r.frame, r.err
 	}
+	c.abandoned.Add(1)
+	return nil, ctxError(ctx, "no answer after INTERRUPT")
 }
 
-// waitSync is the pre-loop wait: read records in this goroutine until the
-// reply for ch has been dispatched.
-func (c *Conn) waitSync(ctx context.Context, unique uint64, ch chan result) ([]byte, error) {
-	// Cancelling ctx wakes a blocked read through the read deadline.
-	stop := context.AfterFunc(ctx, func() { c.f.SetReadDeadline(time.Now()) })
-	defer stop()
-	for {
-		select {
-		case r := <-ch:
-			return r.frame, r.err
-		default:
-		}
-		if c.running.Load() {
-			r := <-ch
-			return r.frame, r.err
-		}
-		c.readMu.Lock()
-		select {
-		case r := <-ch:
-			c.readMu.Unlock()
-			return r.frame, r.err
-		default:
-		}
-		err := c.readOne()
-		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
-			c.f.SetReadDeadline(time.Time{})
-			c.readMu.Unlock()
-			c.mu.Lock()
-			_, waiting := c.pending[unique]
-			delete(c.pending, unique)
-			c.mu.Unlock()
-			if !waiting {
-				// The reply was dispatched meanwhile.
-				r := <-ch
-				return r.frame, r.err
-			}
-			return nil, fmt.Errorf("transport: %w: %w", ctx.Err(), syscall.EINTR)
-		}
-		c.readMu.Unlock()
-		if err != nil {
-			c.fail(err)
-		}
+// forget takes w out of pending and stops its INTERRUPT resends. It
+// reports whether w was still there, i.e. nobody has answered it.
+func (c *Conn) forget(unique uint64, w *waiter) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if w.retry != nil {
+		w.retry.Stop()
 	}
+	if c.pending[unique] != w {
+		return false
+	}
+	delete(c.pending, unique)
+	return true
+}
+
+// ctxError is the error of a request whose context ended: the context's
+// error, with EINTR for a cancellation (as an interrupted system call) or
+// ETIMEDOUT for a deadline.
+func ctxError(ctx context.Context, what string) error {
+	errno := syscall.EINTR
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		errno = syscall.ETIMEDOUT
+	}
+	return fmt.Errorf("transport: %s: %w: %w", what, ctx.Err(), errno)
 }
 
 func (c *Conn) readLoop() {
 	for {
-		c.readMu.Lock()
-		err := c.readOne()
-		c.readMu.Unlock()
-		if err != nil {
+		if err := c.readOne(); err != nil {
 			c.fail(err)
 			return
 		}
 	}
 }
 
-// readOne reads one record and dispatches it. It returns an error only when
-// the connection is unusable.
+// readOne reads one record and dispatches it. It returns an error when the
+// connection is unusable, which includes a record that is not one whole
+// frame.
 func (c *Conn) readOne() error {
-	if err := c.Err(); err != nil {
-		return err
-	}
 	var n, flags int
 	var rerr error
 	err := c.rc.Read(func(fd uintptr) bool {
@@ -294,142 +354,70 @@ func (c *Conn) readOne() error {
 		err = rerr
 	}
 	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return err
+	case errors.Is(err, os.ErrClosed):
+		return fmt.Errorf("transport: closed: %w", ErrClosed)
 	case err != nil:
-		if errors.Is(err, os.ErrClosed) {
-			return fmt.Errorf("transport: closed: %w", ErrClosed)
-		}
 		return fmt.Errorf("transport: receive: %v: %w", err, ErrClosed)
 	case n == 0:
 		// A zero-length record on SEQPACKET is end of file: the daemon
 		// closed its end or died.
 		return fmt.Errorf("transport: daemon closed the connection: %w", io.EOF)
+	case flags&unix.MSG_TRUNC != 0:
+		return fmt.Errorf("transport: record larger than %d bytes: %w", len(c.readBuf)-1, syscall.EPROTO)
+	case n < outHeaderSize:
+		return fmt.Errorf("transport: record of %d bytes has no reply header: %w", n, syscall.EPROTO)
 	}
 	rec := c.readBuf[:n]
-	if flags&unix.MSG_TRUNC != 0 {
-		c.failFrame(rec, fmt.Errorf("transport: record larger than %d bytes: %w", len(c.readBuf), syscall.EPROTO))
-		return nil
+	if want := int(le.Uint32(rec)); want != n {
+		// A spliced reply split over several records, or garbage: either
+		// way no later record can be trusted to start a frame.
+		return fmt.Errorf("transport: record of %d bytes, its header says %d (a split or malformed reply): %w", n, want, syscall.EPROTO)
 	}
-	c.dispatch(append([]byte(nil), rec...))
+	c.deliver(append([]byte(nil), rec...))
 	return nil
 }
 
-// dispatch routes one record: the next piece of a split reply, a reply to a
-// waiter, or an unsolicited frame.
-func (c *Conn) dispatch(rec []byte) {
-	c.mu.Lock()
-	if c.partial != nil {
-		if c.wholeFrame(rec) {
-			// Another frame between the pieces (a notification, an
-			// INTERRUPT's answer, another waiter's reply): it stands
-			// alone and the split reply goes on waiting for its pieces.
-			c.mu.Unlock()
-			c.deliver(rec, nil)
-			return
-		}
-		rec = append(c.partial, rec...)
-		c.stopPartial()
-		if len(rec) >= int(le.Uint32(rec)) {
-			c.joined.Add(1)
-		}
-	}
-	if len(rec) < outHeaderSize {
-		c.mu.Unlock()
-		c.log.Warn("perfuse: dropped a record shorter than a reply header", "bytes", len(rec))
-		return
-	}
-	want := int(le.Uint32(rec))
-	switch {
-	case want > len(rec) && want <= c.maxFrameIn():
-		// Daemons that splice their replies send one reply as several
-		// records; join them by the header's length. One whose pieces
-		// stop coming fails its waiter instead of holding it forever.
-		c.partial = rec
-		c.partialTimer = time.AfterFunc(partialTimeout, c.abandonPartial)
-		c.mu.Unlock()
-		return
-	case want != len(rec):
-		c.mu.Unlock()
-		c.failFrame(rec, fmt.Errorf("transport: header length %d but frame of %d bytes: %w", want, len(rec), syscall.EPROTO))
-		return
-	}
-	c.mu.Unlock()
-	c.deliver(rec, nil)
-}
-
-// wholeFrame reports whether rec, arriving while a split reply is
-// incomplete, is a frame of its own rather than the next piece: its length
-// is its header's and its unique is a notification's (0), an INTERRUPT's
-// (odd) or another waiter's. Called with mu held.
-func (c *Conn) wholeFrame(rec []byte) bool {
-	if len(rec) < outHeaderSize || int(le.Uint32(rec)) != len(rec) {
-		return false
-	}
-	u := le.Uint64(rec[8:])
-	if u == le.Uint64(c.partial[8:]) {
-		return false
-	}
-	_, waiting := c.pending[u]
-	return u == 0 || u&1 == 1 || waiting
-}
-
-// stopPartial forgets the split reply in progress. Called with mu held.
-func (c *Conn) stopPartial() {
-	c.partial = nil
-	if c.partialTimer != nil {
-		c.partialTimer.Stop()
-		c.partialTimer = nil
-	}
-}
-
-// abandonPartial fails the waiter of a split reply whose pieces stopped.
-func (c *Conn) abandonPartial() {
-	c.mu.Lock()
-	p := c.partial
-	c.stopPartial()
-	c.mu.Unlock()
-	if p != nil {
-		c.failFrame(p, fmt.Errorf("transport: split reply of %d bytes never completed (%d came): %w", le.Uint32(p), len(p), syscall.EPROTO))
-	}
-}
-
-func (c *Conn) maxFrameIn() int { return len(c.readBuf) * 4 }
-
-// failFrame hands err to the waiter of the frame's unique, if its header is
-// readable and someone waits; otherwise it logs and drops it.
-func (c *Conn) failFrame(rec []byte, err error) {
-	if len(rec) >= outHeaderSize {
-		u := le.Uint64(rec[8:])
-		c.mu.Lock()
-		ch, ok := c.pending[u]
-		delete(c.pending, u)
-		c.mu.Unlock()
-		if ok {
-			ch <- result{err: err}
-			return
-		}
-	}
-	c.log.Warn("perfuse: dropped a malformed frame", "err", err)
-}
-
-func (c *Conn) deliver(frame []byte, err error) {
+func (c *Conn) deliver(frame []byte) {
 	u := le.Uint64(frame[8:])
 	c.mu.Lock()
-	ch, ok := c.pending[u]
-	delete(c.pending, u)
+	w, ok := c.pending[u]
+	if ok {
+		delete(c.pending, u)
+		if w.retry != nil {
+			w.retry.Stop()
+		}
+	}
 	c.mu.Unlock()
 	switch {
 	case ok:
-		ch <- result{frame: frame, err: err}
+		w.ch <- result{frame: frame}
 	case u&1 == 1:
 		c.interruptReply(u&^1, int32(le.Uint32(frame[4:])))
 	default:
-		select {
-		case c.unsolQ <- frame:
-		default:
-			c.log.Warn("perfuse: unsolicited frame dropped: handler queue full", "unique", u)
-		}
+		c.queueUnsolicited(frame)
+	}
+}
+
+// queueUnsolicited hands frame to the handler's goroutine, within the
+// queue's bounds.
+func (c *Conn) queueUnsolicited(frame []byte) {
+	if c.unsol == nil {
+		c.droppedUnsol.Add(1)
+		c.warn.Warn("no-handler", "perfuse: unsolicited frame dropped: no handler", "unique", le.Uint64(frame[8:]))
+		return
+	}
+	if c.queued.Add(int64(len(frame))) > unsolBytes {
+		c.queued.Add(-int64(len(frame)))
+		c.droppedUnsol.Add(1)
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", le.Uint64(frame[8:]))
+		return
+	}
+	select {
+	case c.unsolQ <- frame:
+	default:
+		c.queued.Add(-int64(len(frame)))
+		c.droppedUnsol.Add(1)
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", le.Uint64(frame[8:]))
 	}
 }
 
@@ -440,11 +428,9 @@ func (c *Conn) unsolicitedLoop() {
 	for {
 		select {
 		case f := <-c.unsolQ:
-			if c.unsol != nil {
-				c.unsol(f)
-			} else {
-				c.log.Warn("perfuse: unsolicited frame dropped", "unique", le.Uint64(f[8:]))
-			}
+			c.queued.Add(-int64(len(f)))
+			c.unsolicited.Add(1)
+			c.unsol(f)
 		case <-c.done:
 			return
 		}
@@ -452,10 +438,11 @@ func (c *Conn) unsolicitedLoop() {
 }
 
 // interrupt asks the daemon to abandon request unique (INTERRUPT uses
-// unique|1, as the kernel's requests do).
-func (c *Conn) interrupt(unique uint64) {
+// unique|1, as the kernel's requests do). It never blocks: on a full
+// socket the request's one resend timer tries again later.
+func (c *Conn) interrupt(unique uint64, w *waiter) {
 	c.mu.Lock()
-	skip := c.noInterrupt
+	skip := c.noInterrupt || c.pending[unique] != w || c.err != nil
 	c.mu.Unlock()
 	if skip {
 		return
@@ -465,13 +452,30 @@ func (c *Conn) interrupt(unique uint64) {
 	le.PutUint32(f[4:], opInterrupt)
 	le.PutUint64(f[8:], unique|1)
 	le.PutUint64(f[inHeaderSize:], unique)
-	// Sent aside: on a full socket the waiter must not block here, it
-	// goes on waiting for its answer.
-	go func() {
-		if err := c.Send(f); err != nil {
-			c.log.Debug("perfuse: INTERRUPT not sent", "unique", unique, "err", err)
-		}
-	}()
+	err := c.sendNow(f)
+	switch {
+	case err == nil:
+		c.interrupts.Add(1)
+	case errors.Is(err, unix.EAGAIN):
+		c.resendInterrupt(unique)
+	default:
+		c.sendResult(err, len(f))
+	}
+}
+
+// resendInterrupt arms request unique's resend timer, if it still waits.
+func (c *Conn) resendInterrupt(unique uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.pending[unique]
+	if w == nil {
+		return
+	}
+	if w.retry == nil {
+		w.retry = time.AfterFunc(interruptRetry, func() { c.interrupt(unique, w) })
+		return
+	}
+	w.retry.Reset(interruptRetry)
 }
 
 // interruptReply handles the daemon's answer to an INTERRUPT: EAGAIN means
@@ -479,14 +483,7 @@ func (c *Conn) interrupt(unique uint64) {
 func (c *Conn) interruptReply(unique uint64, status int32) {
 	switch syscall.Errno(-status) {
 	case syscall.EAGAIN:
-		time.AfterFunc(interruptRetry, func() {
-			c.mu.Lock()
-			_, waiting := c.pending[unique]
-			c.mu.Unlock()
-			if waiting {
-				c.interrupt(unique)
-			}
-		})
+		c.resendInterrupt(unique)
 	case syscall.ENOSYS:
 		c.mu.Lock()
 		c.noInterrupt = true
@@ -494,38 +491,64 @@ func (c *Conn) interruptReply(unique uint64, status int32) {
 	}
 }
 
+// sendNow makes one non-blocking attempt to send frame.
+func (c *Conn) sendNow(frame []byte) error {
+	var werr error
+	err := c.rc.Control(func(fd uintptr) {
+		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	})
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
 // write sends one frame as one record. A frame larger than the socket
 // allows is an error for that caller (upstream retried it forever); a dead
-// peer fails the connection.
+// peer fails the connection. On a full socket the sender waits for room
+// through the runtime poller, until ctx ends.
 func (c *Conn) write(ctx context.Context, frame []byte) error {
 	if len(frame) > c.maxSend {
 		return fmt.Errorf("transport: frame of %d bytes exceeds the socket's %d: %w", len(frame), c.maxSend, syscall.EMSGSIZE)
 	}
-	for {
-		var werr error
-		err := c.rc.Control(func(fd uintptr) {
-			_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-		})
-		if err == nil {
-			err = werr
-		}
-		if err != unix.EAGAIN {
-			return c.sendResult(err, len(frame))
-		}
-		// The socket is full: a slow or hung daemon. Wait for room in
-		// short polls, so the caller can leave on its context and a dead
-		// connection ends the wait.
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("transport: send: %w: %w", ctx.Err(), syscall.EINTR)
-		case <-c.done:
-			return c.Err()
-		default:
-		}
-		c.rc.Control(func(fd uintptr) {
-			unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, int(sendPoll/time.Millisecond))
-		})
+	err := c.sendNow(frame)
+	if !errors.Is(err, unix.EAGAIN) {
+		return c.sendResult(err, len(frame))
 	}
+	// A slow or hung daemon. One sender at a time waits for room, owning
+	// the write deadline; the others queue behind it on their contexts.
+	select {
+	case c.sendSem <- struct{}{}:
+	case <-ctx.Done():
+		c.sendTimeouts.Add(1)
+		return ctxError(ctx, "send")
+	case <-c.done:
+		return c.Err()
+	}
+	defer func() { <-c.sendSem }()
+	if d, ok := ctx.Deadline(); ok {
+		c.f.SetWriteDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
+	var werr error
+	err = c.rc.Write(func(fd uintptr) bool {
+		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		return werr != unix.EAGAIN
+	})
+	stop()
+	c.f.SetWriteDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.sendTimeouts.Add(1)
+		if ctx.Err() == nil {
+			// The deadline passed a hair before the context noticed.
+			<-ctx.Done()
+		}
+		return ctxError(ctx, "send")
+	}
+	if err == nil {
+		err = werr
+	}
+	return c.sendResult(err, len(frame))
 }
 
 func (c *Conn) sendResult(err error, size int) error {
@@ -554,15 +577,22 @@ func (c *Conn) fail(cause error) {
 		return
 	}
 	if !errors.Is(cause, ErrClosed) {
-		cause = fmt.Errorf("%w (%v)", ErrClosed, cause)
+		cause = fmt.Errorf("%w (%w)", ErrClosed, cause)
 	}
 	c.err = cause
 	pending := c.pending
-	c.pending = map[uint64]chan result{}
-	c.stopPartial()
+	c.pending = map[uint64]*waiter{}
+	for _, w := range pending {
+		if w.retry != nil {
+			w.retry.Stop()
+		}
+	}
 	c.mu.Unlock()
-	for _, ch := range pending {
-		ch <- result{err: cause}
+	if errors.Is(cause, syscall.EPROTO) {
+		c.log.Warn("perfuse: connection failed", "err", cause)
+	}
+	for _, w := range pending {
+		w.ch <- result{err: cause}
 	}
 	c.f.Close()
 	close(c.done)
