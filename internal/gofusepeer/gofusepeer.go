@@ -85,6 +85,19 @@ func ServeLoopback(t testing.TB, dir string) *os.File {
 	return ServeRaw(t, fs.NewNodeFS(root, &fs.Options{}))
 }
 
+// ServeLoopbackSplicing serves dir through go-fuse's loopback filesystem
+// at go-fuse's defaults, splicing included: a READ reply of more than
+// about 15 pages then arrives as several records, and concurrent ones
+// interleave. It returns the client end.
+func ServeLoopbackSplicing(t testing.TB, dir string) *os.File {
+	t.Helper()
+	root, err := fs.NewLoopbackRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serve(t, fs.NewNodeFS(root, &fs.Options{}), fuse.MountOptions{}, true)
+}
+
 // ServeRaw serves raw with go-fuse's default mount options. It returns the
 // client end.
 func ServeRaw(t testing.TB, raw fuse.RawFileSystem) *os.File {
@@ -102,11 +115,16 @@ func ServeRaw(t testing.TB, raw fuse.RawFileSystem) *os.File {
 // (if the test did not), which ends Serve, and the goroutine is waited for.
 func ServeRawOptions(t testing.TB, raw fuse.RawFileSystem, opts fuse.MountOptions) *os.File {
 	t.Helper()
+	return serve(t, raw, opts, false)
+}
+
+func serve(t testing.TB, raw fuse.RawFileSystem, opts fuse.MountOptions, splice bool) *os.File {
+	t.Helper()
 	client, fd, err := peerutil.SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.DisableSplice = true
+	opts.DisableSplice = !splice
 	opts.DirectMount, opts.DirectMountStrict = false, false
 	tl := &testLog{t: t}
 	if opts.Logger == nil {
