@@ -1,0 +1,185 @@
+package perfuse
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/fakepeer"
+)
+
+// A daemon that never answers: the caller's deadline holds. The request
+// is interrupted, the caller waits the grace and leaves with the
+// deadline's error.
+func TestDaemonThatNeverAnswersHonoursTheDeadline(t *testing.T) {
+	p, u := fakeSession(t, WithInterruptGrace(100*time.Millisecond))
+	p.Expect(uint32(OpGetattr)).NoReply()
+	intr := p.Expect(uint32(OpInterrupt)).NoReply()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := u.NodeGetattr(ctx, nil, u.Root(), nil)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("unanswered GETATTR: %v, want the deadline's error", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("returned after %v", d)
+	}
+	select {
+	case <-intr.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no INTERRUPT sent")
+	}
+}
+
+// WithRequestTimeout bounds every request of a session, as a deadline on
+// each call's context would.
+func TestRequestTimeoutBoundsEveryRequest(t *testing.T) {
+	p, u := fakeSession(t, WithRequestTimeout(100*time.Millisecond), WithInterruptGrace(50*time.Millisecond))
+	p.Expect(uint32(OpStatfs)).NoReply()
+	p.Expect(uint32(OpInterrupt)).NoReply()
+	if _, err := u.FsStatvfs(context.Background(), nil); !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("unanswered STATFS: %v, want ETIMEDOUT", err)
+	}
+}
+
+// A reply that comes after its caller has gone is still accounted for:
+// the lookup it carries is forgotten, the open it carries released.
+func TestLateRepliesAreUndone(t *testing.T) {
+	p, u := fakeSession(t, WithInterruptGrace(20*time.Millisecond))
+	p.Expect(uint32(OpInterrupt)).AnyTimes().NoReply()
+	late := func(r fakepeer.Request, parts ...any) [][]byte {
+		time.Sleep(300 * time.Millisecond) // past the caller's deadline and grace
+		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, parts...)}
+	}
+	p.Expect(uint32(OpLookup)).Name("f").ReplyFunc(func(r fakepeer.Request) [][]byte {
+		return late(r, entryOut(7, syscall.S_IFREG|0o644))
+	})
+	forget := p.Expect(uint32(OpForget)).Nodeid(7).Match(func(h *fuse.InHeader, payload []byte) error {
+		if n := nativeEndian.Uint64(payload); n != 1 {
+			return errors.New("FORGET of more than the one late lookup")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := u.NodeLookup(ctx, nil, u.Root(), "f"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("late LOOKUP: %v, want the deadline", err)
+	}
+	select {
+	case <-forget.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the late entry was never forgotten")
+	}
+
+	p.Expect(uint32(OpLookup)).Name("g").Reply(entryOut(8, syscall.S_IFREG|0o644))
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Expect(uint32(OpOpen)).Nodeid(8).ReplyFunc(func(r fakepeer.Request) [][]byte {
+		return late(r, fuse.OpenOut{Fh: 42})
+	})
+	release := p.Expect(uint32(OpRelease)).Nodeid(8).Match(func(h *fuse.InHeader, payload []byte) error {
+		if fh := nativeEndian.Uint64(payload); fh != 42 {
+			return errors.New("RELEASE of another handle")
+		}
+		return nil
+	}).Reply()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := u.NodeOpen(ctx2, nil, e.Node, os.O_RDONLY); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("late OPEN: %v, want the deadline", err)
+	}
+	select {
+	case <-release.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the late open was never released")
+	}
+	if got := u.Counters()["Late replies undone"]; got != 2 {
+		t.Errorf("%d late replies undone, want 2", got)
+	}
+	p.Expect(uint32(OpForget)).Nodeid(8).AnyTimes()
+}
+
+// A daemon whose readdir cookies cycle (1, 2, 1, …) would be read
+// forever: the repeat is found and the listing fails with EIO.
+func TestReaddirCyclingCookiesIsEIO(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(uint32(OpOpendir)).Nodeid(RootID).Reply(fuse.OpenOut{Fh: 3})
+	p.Expect(uint32(OpReaddir)).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
+		in, _ := fakepeer.In[fuse.ReadIn](r)
+		next := uint64(1)
+		if in.Offset == 1 {
+			next = 2
+		}
+		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, dirent(9, next, 8, "x"))}
+	})
+	p.Expect(uint32(OpReleasedir)).AnyTimes().Reply()
+	h, err := u.NodeOpen(testCtx(t), nil, u.Root(), os.O_RDONLY|syscall.O_DIRECTORY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := 0
+	err = u.NodeReaddir(testCtx(t), nil, h, 0, func(Dirent) bool { entries++; return true })
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("cycling cookies: %v after %d entries, want EIO", err, entries)
+	}
+	if entries > 3 {
+		t.Errorf("%d entries read before the cycle was found", entries)
+	}
+}
+
+// A read of several pieces stops sending once its context has ended.
+func TestReadStopsSendingAfterItsContextEnds(t *testing.T) {
+	p, u := fakeSession(t, WithInterruptGrace(-1))
+	p.Expect(uint32(OpLookup)).Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 1})
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := u.NodeOpen(testCtx(t), nil, e.Node, os.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.Expect(uint32(OpRead)).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
+		cancel()
+		return nil
+	})
+	p.Expect(uint32(OpInterrupt)).AnyTimes().NoReply()
+	buf := make([]byte, 64*spliceSafeRead)
+	if _, err := u.NodeRead(ctx, nil, h, buf, 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read: %v, want the cancellation", err)
+	}
+	n := 0
+	for _, r := range p.Received() {
+		if r.Header.Opcode == uint32(OpRead) {
+			n++
+		}
+	}
+	if n > readPiecesInFlight {
+		t.Errorf("%d READs sent for a read cancelled at its first: want at most the %d in flight", n, readPiecesInFlight)
+	}
+	p.Expect(uint32(OpRelease)).AnyTimes().Reply()
+	p.Expect(uint32(OpForget)).AnyTimes()
+}
+
+// A request made with a nil *Cred is this process's.
+func TestNilCredIsTheCallingProcess(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(uint32(OpGetattr)).Match(func(h *fuse.InHeader, _ []byte) error {
+		if h.Pid != uint32(os.Getpid()) || h.Uid != uint32(os.Getuid()) || h.Gid != uint32(os.Getgid()) {
+			return errors.New("header credentials are not this process's")
+		}
+		return nil
+	}).Reply(attrOut(1, syscall.S_IFDIR|0o755, 0))
+	if _, err := u.NodeGetattr(testCtx(t), nil, u.Root(), nil); err != nil {
+		t.Fatal(err)
+	}
+}

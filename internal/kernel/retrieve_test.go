@@ -1,0 +1,105 @@
+package kernel_test
+
+import (
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/fakepeer"
+	"github.com/perfuse-go/perfuse/internal/kernel"
+	"github.com/perfuse-go/perfuse/internal/kerneltest"
+	"github.com/perfuse-go/perfuse/internal/peerutil"
+	"golang.org/x/sys/unix"
+)
+
+// A daemon that floods NOTIFY_RETRIEVE and stops reading its socket costs
+// the relay a bounded number of goroutines and bounded memory: at most a
+// few retrieves are served at once, their NOTIFY_REPLY sends give up on
+// their deadline, and the rest are dropped and counted. (Before, each
+// retrieve had its own goroutine and buffer, and a user's daemon drove a
+// root perfused to 2.8 GB in a second.)
+func TestRelayRetrieveFloodIsBounded(t *testing.T) {
+	kerneltest.NeedMount(t)
+	client, daemon, err := peerutil.SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(daemon) })
+	// Serve INIT and the mount's first requests, then stop reading.
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	unix.SetNonblock(daemon, true)
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 1<<20)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n, err := unix.Read(daemon, buf)
+			if err == unix.EAGAIN {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err != nil || n < 40 {
+				return
+			}
+			h, _ := peerutil.Decode[fuse.InHeader](buf[:n])
+			var reply []byte
+			switch h.Opcode {
+			case 26: // INIT
+				reply = fakepeer.ReplyFrame(h.Unique, 0, fakepeer.InitOutBytes(fuse.InitOut{
+					Major: 7, Minor: 31, MaxWrite: 1 << 20, MaxReadAhead: 128 << 10, MaxPages: 256, Flags: fuse.CAP_MAX_PAGES,
+				}))
+			case 3: // GETATTR
+				reply = fakepeer.ReplyFrame(h.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o755, Nlink: 2}})
+			case 2, 42: // FORGET, BATCH_FORGET
+				continue
+			default:
+				reply = fakepeer.ReplyFrame(h.Unique, syscall.ENOENT)
+			}
+			unix.Write(daemon, reply)
+		}
+	}()
+	r := kerneltest.Mount(t, client, kernel.Config{})
+	close(stop)
+	<-stopped
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	goroutines := runtime.NumGoroutine()
+
+	const flood = 20000
+	sent := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for sent < flood && time.Now().Before(deadline) {
+		f := fakepeer.NotifyFrame(5, fuse.NotifyRetrieveOut{NotifyUnique: uint64(sent + 1), Nodeid: 1, Size: 1 << 20})
+		if _, err := unix.Write(daemon, f); err == unix.EAGAIN {
+			time.Sleep(time.Millisecond)
+			continue
+		} else if err != nil {
+			t.Fatalf("notify: %v", err)
+		}
+		sent++
+	}
+	time.Sleep(500 * time.Millisecond)
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	g := runtime.NumGoroutine()
+	dropped := r.M.FS().RetrievesDropped()
+	t.Logf("%d retrieves sent, %d dropped; goroutines %d -> %d; heap %d -> %d MB",
+		sent, dropped, goroutines, g, before.HeapInuse>>20, after.HeapInuse>>20)
+	if g > goroutines+50 {
+		t.Errorf("%d goroutines after the flood, %d before", g, goroutines)
+	}
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 100<<20 {
+		t.Errorf("heap grew by %d MB", grew>>20)
+	}
+	if dropped == 0 {
+		t.Error("no retrieve dropped from a flood by a daemon that does not read")
+	}
+}
