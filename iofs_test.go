@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -325,4 +326,98 @@ func TestIOFSBadLinks(t *testing.T) {
 			requireNoLookups(t, u, c)
 		})
 	}
+}
+
+// sshfs itself, over a local sftp-server: its second listing of a
+// directory comes from its cache with every type DT_UNKNOWN. sshfs answers
+// READLINK of a target with ".." EPERM (through the kernel too), so those
+// links are left out.
+func TestIOFSSshfs(t *testing.T) {
+	const server = "/usr/lib/openssh/sftp-server"
+	if _, err := os.Stat(server); err != nil {
+		if os.Getenv("PERFUSE_TEST_STRICT") == "1" {
+			t.Fatalf("%v: apt-get install openssh-sftp-server (PERFUSE_TEST_STRICT=1)", err)
+		}
+		t.Skipf("%v: apt-get install openssh-sftp-server", err)
+	}
+	tree := map[string]string{}
+	var names []string
+	for _, name := range linkTreeNames {
+		if !strings.Contains(linkTree[name+"@"], "..") {
+			names = append(names, name)
+		}
+	}
+	for name, v := range linkTree {
+		if !strings.Contains(v, "..") {
+			tree[name] = v
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "view")
+	build(t, dir, tree)
+	// sshfs runs ssh_command with ssh's arguments; the server wants none.
+	ssh := filepath.Join(t.TempDir(), "ssh")
+	if err := os.WriteFile(ssh, []byte("#!/bin/sh\nexec "+server+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := daemonpeer.Start(t, "sshfs", "-f", "-o", "ssh_command="+ssh, "localhost:"+dir, "/dev/fd/3")
+	u := attach(t, d.Conn)
+	fsys := u.FS(testCtx(t), nil)
+	for pass := 1; pass <= 2; pass++ {
+		if err := fstest.TestFS(fsys, names...); err != nil {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+	}
+	requireBalanced(t, u)
+}
+
+// A fifo opens without an OPEN to the daemon, whose open(2) of it would
+// block until a writer came (and the session waits for its answer): Stat
+// works, Read is refused.
+func TestIOFSSpecialFile(t *testing.T) {
+	var fifo string
+	u, fsys, c := viewOf(t, peerKinds[0], func(dir string) {
+		fifo = filepath.Join(dir, "fifo")
+		if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		build(t, dir, map[string]string{"f.txt": "x"})
+	})
+	type opened struct {
+		f   fs.File
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		f, err := fsys.Open("fifo")
+		ch <- opened{f, err}
+	}()
+	var o opened
+	select {
+	case o = <-ch:
+	case <-time.After(5 * time.Second):
+		t.Error("Open(fifo) still waiting after 5s: the daemon was sent an OPEN")
+		// A writer lets the daemon's open(2) return.
+		w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		o = <-ch
+	}
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	f := o.f
+	if fi, err := f.Stat(); err != nil || fi.Mode().Type() != fs.ModeNamedPipe {
+		t.Errorf("Stat = %v, %v; want a named pipe", fi, err)
+	}
+	_, err := f.Read(make([]byte, 1))
+	wantPathError(t, "Read(fifo)", err, "read", "fifo", syscall.EOPNOTSUPP)
+	if err := f.Close(); err != nil {
+		t.Error(err)
+	}
+	if _, err := fs.ReadFile(fsys, "f.txt"); err != nil {
+		t.Error(err)
+	}
+	requireNoLookups(t, u, c)
 }
