@@ -180,9 +180,51 @@ func TestIOFSWalkUnknownTypes(t *testing.T) {
 	src := makeTree(t)
 	conn, c := k.serve(t, src)
 	u := attach(t, conn)
+	// The daemon does list every entry as DT_UNKNOWN.
+	h, err := u.NodeOpen(testCtx(t), nil, u.Root(), syscall.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	err = u.NodeReaddir(testCtx(t), nil, h, 0, func(d Dirent) bool {
+		if listed++; d.Type != 0 {
+			t.Errorf("%s listed with type %d", d.Name, d.Type)
+		}
+		return true
+	})
+	if err != nil || listed < 5 {
+		t.Fatalf("%d entries listed: %v", listed, err)
+	}
+	u.NodeRelease(testCtx(t), h)
 	fsys := u.FS(testCtx(t), nil)
 	compareTree(t, fsys, src)
 	compareTree(t, fsys, src)
+	requireNoLookups(t, u, c)
+}
+
+// Walks of one view in several goroutines at once keep the books straight.
+func TestIOFSConcurrentWalks(t *testing.T) {
+	u, fsys, c := viewOf(t, peerKinds[1], func(dir string) { build(t, dir, linkTree) })
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() {
+			errs <- fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					if err == nil {
+						_, err = fs.Stat(fsys, p)
+					}
+					return err
+				}
+				_, err = fs.ReadFile(fsys, p)
+				return err
+			})
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 	requireNoLookups(t, u, c)
 }
 
