@@ -33,8 +33,13 @@ import (
 // sshfs answers from its cache) are looked up before ReadDir returns them,
 // and the lookup is given back at once.
 //
+// A fifo, socket or device opens without a request to the daemon (the
+// kernel sends none either, and a daemon's open(2) of a fifo would
+// block); Stat works and Read fails with EOPNOTSUPP.
+//
 // Errors are *fs.PathError values naming the operation and the caller's
-// path, wrapping the daemon's errno.
+// path, wrapping the daemon's errno. The view may be used by several
+// goroutines at once; each of its open files by one at a time.
 func (u *Usermount) FS(ctx context.Context, cred *Cred) fs.FS {
 	return &iofs{u: u, ctx: ctx, cred: cred}
 }
