@@ -2,6 +2,8 @@ package perfuse
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"path"
@@ -17,6 +19,27 @@ import (
 // fstest.TestFS). Operations use ctx and the caller credentials cred (nil:
 // root). Each open file or directory holds one lookup and one handle until
 // it is closed; nothing else is left behind.
+//
+// The view is also an fs.StatFS, an fs.ReadLinkFS and an fs.SubFS. Open
+// and Stat follow symbolic links, and every path follows those in its
+// directories, as the kernel would: at most 40 per path, then ELOOP. A
+// link resolves inside the view: one with an absolute target, or whose
+// ".." climbs above the view's root, is not followed and reads as missing
+// (an error wrapping ENOENT, so fs.ErrNotExist, as in fstest.MapFS). Lstat
+// and ReadLink do not follow a path's last link. A view made by Sub shares
+// its parent's root for links, as fs.Sub's generic view does.
+//
+// Directory entries the daemon lists with type unknown (DT_UNKNOWN, as
+// sshfs answers from its cache) are looked up before ReadDir returns them,
+// and the lookup is given back at once.
+//
+// A fifo, socket or device opens without a request to the daemon (the
+// kernel sends none either, and a daemon's open(2) of a fifo would
+// block); Stat works and Read fails with EOPNOTSUPP.
+//
+// Errors are *fs.PathError values naming the operation and the caller's
+// path, wrapping the daemon's errno. The view may be used by several
+// goroutines at once; each of its open files by one at a time.
 func (u *Usermount) FS(ctx context.Context, cred *Cred) fs.FS {
 	return &iofs{u: u, ctx: ctx, cred: cred}
 }
@@ -25,31 +48,118 @@ type iofs struct {
 	u    *Usermount
 	ctx  context.Context
 	cred *Cred
+	// prefix is the directory of a Sub view, "" for the whole view.
+	prefix string
 }
 
-// walk looks up each component of name from the root, returning the final
-// node with one lookup held (none for the root) and its attributes.
-func (f *iofs) walk(name string) (*Node, *fuse.Attr, error) {
-	n := f.u.root
-	if name == "." {
-		a, err := f.u.NodeGetattr(f.ctx, f.cred, n, nil)
-		if err != nil {
-			return nil, nil, err
-		}
-		return n, &a.Attr, nil
+// maxLinks is how many symbolic links one path may follow (Linux's
+// MAXSYMLINKS).
+const maxLinks = 40
+
+// errOutside is why a link that leads out of the view is not followed.
+var errOutside = fmt.Errorf("perfuse: symbolic link leads outside the io/fs view: %w", syscall.ENOENT)
+
+// step is a directory walked by resolve, holding one lookup.
+type step struct {
+	n    *Node
+	attr fuse.Attr
+}
+
+// resolve checks name and walks it from the view's root, following the
+// links on the way, and the last one too when follow is set. It returns
+// the node reached with one lookup held (none for the root) and its
+// attributes; an error is a *fs.PathError for op and name.
+func (f *iofs) resolve(op, name string, follow bool) (*Node, fuse.Attr, error) {
+	if !fs.ValidPath(name) {
+		return nil, fuse.Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
-	var attr *fuse.Attr
-	for _, part := range strings.Split(name, "/") {
-		e, err := f.u.NodeLookup(f.ctx, f.cred, n, part)
-		if n != f.u.root {
-			f.u.NodeReclaim(f.ctx, n, 1)
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		n, attr = e.Node, &e.Attr
+	n, attr, err := f.walk(path.Join(f.prefix, name), follow)
+	if err != nil {
+		return nil, attr, pathError(op, name, err)
 	}
 	return n, attr, nil
+}
+
+// walk does resolve's work on a path relative to the view's root. The
+// directories walked stay held on a stack, so that a ".." in a link's
+// target goes back to the directory the walk came through, as in the
+// kernel, with no LOOKUP of "..".
+func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
+	var stack []step
+	defer func() {
+		for _, s := range stack {
+			f.release(s.n)
+		}
+	}()
+	var todo []string
+	if name != "." {
+		todo = strings.Split(name, "/")
+	}
+	links := 0
+	for len(todo) > 0 {
+		part := todo[0]
+		todo = todo[1:]
+		dir := f.u.root
+		if len(stack) > 0 {
+			top := stack[len(stack)-1]
+			if top.attr.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+				return nil, fuse.Attr{}, syscall.ENOTDIR
+			}
+			dir = top.n
+		}
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) == 0 {
+				return nil, fuse.Attr{}, errOutside
+			}
+			f.release(stack[len(stack)-1].n)
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		e, err := f.u.NodeLookup(f.ctx, f.cred, dir, part)
+		if err != nil {
+			return nil, fuse.Attr{}, err
+		}
+		// A trailing "" (a target ending in "/") follows the link too.
+		if e.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK || (len(todo) == 0 && !follow) {
+			stack = append(stack, step{e.Node, e.Attr})
+			continue
+		}
+		if links++; links > maxLinks {
+			f.release(e.Node)
+			return nil, fuse.Attr{}, syscall.ELOOP
+		}
+		target, err := f.u.NodeReadlink(f.ctx, f.cred, e.Node)
+		f.release(e.Node)
+		if err != nil {
+			return nil, fuse.Attr{}, err
+		}
+		if path.IsAbs(target) {
+			return nil, fuse.Attr{}, errOutside
+		}
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	if len(stack) == 0 {
+		a, err := f.u.NodeGetattr(f.ctx, f.cred, f.u.root, nil)
+		if err != nil {
+			return nil, fuse.Attr{}, err
+		}
+		return f.u.root, a.Attr, nil
+	}
+	last := stack[len(stack)-1]
+	stack = stack[:len(stack)-1]
+	return last.n, last.attr, nil
+}
+
+// pathError wraps err for op and name; a negative entry is plain ENOENT.
+func pathError(op, name string, err error) error {
+	var neg *NegativeEntry
+	if errors.As(err, &neg) {
+		err = syscall.ENOENT
+	}
+	return &fs.PathError{Op: op, Path: name, Err: err}
 }
 
 func (f *iofs) release(n *Node) {
@@ -59,28 +169,80 @@ func (f *iofs) release(n *Node) {
 }
 
 func (f *iofs) Open(name string) (fs.File, error) {
-	if !fs.ValidPath(name) {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
-	}
-	n, attr, err := f.walk(name)
+	n, attr, err := f.resolve("open", name, true)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		return nil, err
 	}
-	h, err := f.u.NodeOpen(f.ctx, f.cred, n, syscall.O_RDONLY)
-	if err != nil {
-		f.release(n)
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	file := &iofile{fsys: f, name: name, node: n}
+	// The kernel never sends OPEN for a fifo, socket or device (a
+	// daemon's open(2) of a fifo would block), so neither does the view.
+	if t := attr.Mode & syscall.S_IFMT; t == syscall.S_IFREG || t == syscall.S_IFDIR {
+		file.h, err = f.u.NodeOpen(f.ctx, f.cred, n, syscall.O_RDONLY)
+		if err != nil {
+			f.release(n)
+			return nil, pathError("open", name, err)
+		}
 	}
-	return &iofile{fsys: f, name: name, node: n, h: h, attr: *attr}, nil
+	return file, nil
 }
 
-// iofile is an open file or directory of an iofs.
+// Stat returns the attributes of name, following links.
+func (f *iofs) Stat(name string) (fs.FileInfo, error) {
+	return f.stat("stat", name, true)
+}
+
+// Lstat returns the attributes of name; a last link is not followed.
+func (f *iofs) Lstat(name string) (fs.FileInfo, error) {
+	return f.stat("lstat", name, false)
+}
+
+func (f *iofs) stat(op, name string, follow bool) (fs.FileInfo, error) {
+	n, attr, err := f.resolve(op, name, follow)
+	if err != nil {
+		return nil, err
+	}
+	f.release(n)
+	return &fileInfo{name: path.Base(name), attr: attr}, nil
+}
+
+// ReadLink returns the target of the link name, as the daemon stores it.
+func (f *iofs) ReadLink(name string) (string, error) {
+	n, attr, err := f.resolve("readlink", name, false)
+	if err != nil {
+		return "", err
+	}
+	defer f.release(n)
+	if attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+		return "", &fs.PathError{Op: "readlink", Path: name, Err: syscall.EINVAL}
+	}
+	target, err := f.u.NodeReadlink(f.ctx, f.cred, n)
+	if err != nil {
+		return "", pathError("readlink", name, err)
+	}
+	return target, nil
+}
+
+// Sub returns the view of the directory dir. Like fs.Sub, it does not
+// check that dir exists.
+func (f *iofs) Sub(dir string) (fs.FS, error) {
+	if !fs.ValidPath(dir) {
+		return nil, &fs.PathError{Op: "sub", Path: dir, Err: fs.ErrInvalid}
+	}
+	if dir == "." {
+		return f, nil
+	}
+	sub := *f
+	sub.prefix = path.Join(f.prefix, dir)
+	return &sub, nil
+}
+
+// iofile is an open file or directory of an iofs; h is nil for a special
+// file.
 type iofile struct {
 	fsys   *iofs
 	name   string
 	node   *Node
 	h      *Handle
-	attr   fuse.Attr
 	off    int64
 	cookie uint64
 	eof    bool
@@ -93,25 +255,27 @@ func (f *iofile) Stat() (fs.FileInfo, error) {
 	}
 	a, err := f.fsys.u.NodeGetattr(f.fsys.ctx, f.fsys.cred, f.node, f.h)
 	if err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: f.name, Err: err}
+		return nil, pathError("stat", f.name, err)
 	}
 	return &fileInfo{name: path.Base(f.name), attr: a.Attr}, nil
 }
 
 func (f *iofile) Read(p []byte) (int, error) {
-	if f.closed {
+	switch {
+	case f.closed:
 		return 0, &fs.PathError{Op: "read", Path: f.name, Err: fs.ErrClosed}
-	}
-	if f.h.dir {
+	case f.h == nil:
+		// The data of a special file is not the daemon's to serve.
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EOPNOTSUPP}
+	case f.h.dir:
 		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EISDIR}
-	}
-	if len(p) == 0 {
+	case len(p) == 0:
 		return 0, nil
 	}
 	n, err := f.fsys.u.NodeRead(f.fsys.ctx, f.fsys.cred, f.h, p, f.off)
 	f.off += int64(n)
 	if err != nil {
-		return n, &fs.PathError{Op: "read", Path: f.name, Err: err}
+		return n, pathError("read", f.name, err)
 	}
 	if n == 0 {
 		return 0, io.EOF
@@ -125,23 +289,41 @@ func (f *iofile) ReadDir(count int) ([]fs.DirEntry, error) {
 	if f.closed {
 		return nil, &fs.PathError{Op: "readdir", Path: f.name, Err: fs.ErrClosed}
 	}
-	if !f.h.dir {
+	if f.h == nil || !f.h.dir {
 		return nil, &fs.PathError{Op: "readdir", Path: f.name, Err: syscall.ENOTDIR}
 	}
 	var out []fs.DirEntry
 	for !f.eof && (count <= 0 || len(out) < count) {
+		var batch []Dirent
+		stopped := false
 		err := f.fsys.u.NodeReaddir(f.fsys.ctx, f.fsys.cred, f.h, f.cookie, func(d Dirent) bool {
+			if count > 0 && len(out)+len(batch) >= count {
+				stopped = true
+				return false
+			}
 			f.cookie = d.Off
 			if d.Name != "." && d.Name != ".." {
-				out = append(out, &dirEntry{fsys: f.fsys, dir: f.name, d: d})
+				batch = append(batch, d)
 			}
-			return count <= 0 || len(out) < count
+			return true
 		})
-		if err != nil {
-			return out, &fs.PathError{Op: "readdir", Path: f.name, Err: err}
+		f.eof = err == nil && !stopped
+		// Types are resolved once the listing is read, never from
+		// inside it.
+		for _, d := range batch {
+			if d.Type == 0 {
+				ok, err := f.resolveType(&d)
+				if err != nil {
+					return out, pathError("readdir", f.name, err)
+				}
+				if !ok {
+					continue
+				}
+			}
+			out = append(out, &dirEntry{fsys: f.fsys, dir: f.name, d: d})
 		}
-		if count <= 0 || len(out) < count {
-			f.eof = true
+		if err != nil {
+			return out, pathError("readdir", f.name, err)
 		}
 	}
 	if count > 0 && len(out) == 0 {
@@ -150,15 +332,34 @@ func (f *iofile) ReadDir(count int) ([]fs.DirEntry, error) {
 	return out, nil
 }
 
+// resolveType looks up an entry listed with type DT_UNKNOWN to learn its
+// type, and gives the lookup back. An entry gone since the listing is
+// left out (ok false), as os.ReadDir does.
+func (f *iofile) resolveType(d *Dirent) (ok bool, err error) {
+	e, err := f.fsys.u.NodeLookup(f.fsys.ctx, f.fsys.cred, f.node, d.Name)
+	if errors.Is(err, syscall.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	f.fsys.release(e.Node)
+	d.Type = e.Attr.Mode & syscall.S_IFMT >> 12
+	return true, nil
+}
+
 func (f *iofile) Close() error {
 	if f.closed {
 		return &fs.PathError{Op: "close", Path: f.name, Err: fs.ErrClosed}
 	}
 	f.closed = true
-	err := f.fsys.u.NodeRelease(f.fsys.ctx, f.h)
+	var err error
+	if f.h != nil {
+		err = f.fsys.u.NodeRelease(f.fsys.ctx, f.h)
+	}
 	f.fsys.release(f.node)
 	if err != nil {
-		return &fs.PathError{Op: "close", Path: f.name, Err: err}
+		return pathError("close", f.name, err)
 	}
 	return nil
 }
@@ -173,14 +374,10 @@ type dirEntry struct {
 func (e *dirEntry) Name() string      { return e.d.Name }
 func (e *dirEntry) IsDir() bool       { return e.Type().IsDir() }
 func (e *dirEntry) Type() fs.FileMode { return modeType(e.d.Type << 12) }
+
+// Info describes the entry itself, a link not followed, as os.ReadDir's.
 func (e *dirEntry) Info() (fs.FileInfo, error) {
-	name := path.Join(e.dir, e.d.Name)
-	n, attr, err := e.fsys.walk(name)
-	if err != nil {
-		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
-	}
-	e.fsys.release(n)
-	return &fileInfo{name: e.d.Name, attr: *attr}, nil
+	return e.fsys.Lstat(path.Join(e.dir, e.d.Name))
 }
 func (e *dirEntry) String() string { return fs.FormatDirEntry(e) }
 
