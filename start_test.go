@@ -160,7 +160,7 @@ func TestStartInitBoundedByContext(t *testing.T) {
 // A daemon that hands fd 3 to a child and exits: the socket stays open, but
 // its exit ends the wait, well before initTimeout.
 func TestStartInitBoundedByDaemonExit(t *testing.T) {
-	cmd := exec.Command("/bin/sh", "-c", `sleep 3 & echo "gave the socket away" >&2; exit 0`)
+	cmd := exec.Command("/bin/sh", "-c", `sleep 3 >/dev/null 2>&1 & echo "gave the socket away" >&2; exit 0`)
 	var err error
 	bounded(t, 10*time.Second, "Start with a daemon that exited", func() { _, err = Start(context.Background(), cmd) })
 	if err == nil || !strings.Contains(err.Error(), "exited before INIT") || !strings.Contains(err.Error(), "gave the socket away") {
@@ -284,4 +284,66 @@ func knownLine(line string, known []string) bool {
 		}
 	}
 	return false
+}
+
+// unprivilegedRun marks the re-run of this test binary as nobody.
+const unprivilegedRun = "PERFUSE_TEST_UNPRIVILEGED"
+
+// Start needs no privileges: as nobody the buffers cannot exceed
+// net.core.wmem_max (SO_SNDBUFFORCE needs CAP_NET_ADMIN), and sizes still
+// fit. This test binary runs the large-read and clean-exit tests again as
+// uid 65534.
+func TestStartUnprivileged(t *testing.T) {
+	if os.Getenv(unprivilegedRun) != "" {
+		t.Skip("this is the unprivileged run")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("not root: the other tests already run unprivileged")
+	}
+	daemonpeer.Need(t, "squashfuse")
+	// A world-searchable directory for a copy of this binary (go test
+	// keeps it in a directory only root can search) and for TMPDIR.
+	dir, err := os.MkdirTemp("", "perfuse-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "perfuse.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The pyfuse3 daemon, found relative to the working directory.
+	script, err := os.ReadFile("testdata/pyfuse3_hello.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "testdata"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "testdata", "pyfuse3_hello.py"), script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	cmd := exec.CommandContext(testCtx(t), bin, "-test.v", "-test.count=1",
+		"-test.run=^(TestStartReadsFileLargerThanDefaultSocketBuffer|TestStartSizesFitBothEnds|TestUnmountEndsDaemonsCleanly)$/^(squashfuse|fuse-overlayfs|sshfs|pyfuse3)?$")
+	cmd.Env = append(os.Environ(), unprivilegedRun+"=1", "TMPDIR="+dir, "HOME="+dir)
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the tests as uid %d: %v\n%s", nobody, err, out)
+	}
+	for _, want := range []string{"--- PASS: TestStartReadsFileLargerThanDefaultSocketBuffer", "--- PASS: TestStartSizesFitBothEnds", "--- PASS: TestUnmountEndsDaemonsCleanly/squashfuse", "--- PASS: TestUnmountEndsDaemonsCleanly/pyfuse3"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("as uid %d, no %q:\n%s", nobody, want, out)
+		}
+	}
+	t.Logf("as uid %d:\n%s", nobody, out)
 }
