@@ -42,7 +42,7 @@ type Daemon struct {
 	waitErr error         // cmd.Wait's result, once exited is closed
 
 	stopOnce sync.Once
-	stopped  bool // the stop signal was sent before the daemon exited; set in stop
+	stopped  bool // set by stop: the daemon was running when sent the stop signal
 }
 
 // Start runs cmd as a FUSE daemon and returns a mount-free session with it,
@@ -60,26 +60,26 @@ type Daemon struct {
 // smaller of the two.
 //
 // INIT waits at most until ctx is done (30 s when ctx has no deadline) and
-// never past the daemon's exit. A daemon that fails first gives an error
+// never past the daemon's exit; ctx bounds the start only. A daemon that fails first gives an error
 // carrying its exit status (*exec.ExitError) and the tail of its stderr;
 // cmd.Stderr, when set, still gets all of it.
 func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Daemon, error) {
 	if cmd.Process != nil {
-		return nil, fmt.Errorf("perfuse: start %s: already started: %w", cmd.Path, syscall.EINVAL)
+		return nil, fmt.Errorf("perfuse: start %s: already started: %w", filepath.Base(cmd.Path), syscall.EINVAL)
 	}
+	d := &Daemon{cmd: cmd, stderr: &tail{max: stderrTail}, exited: make(chan struct{})}
 	conf := newConfig(opts)
 	ours, theirs, _, err := sock.Pair()
 	if err != nil {
-		return nil, fmt.Errorf("perfuse: start %s: %w", cmd.Path, err)
+		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
 	}
 	theirMax, err := sizeBuffers(ours, theirs, conf.bufSize)
 	if err != nil {
 		ours.Close()
 		theirs.Close()
-		return nil, fmt.Errorf("perfuse: start %s: %w", cmd.Path, err)
+		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
 	}
 
-	d := &Daemon{cmd: cmd, stderr: &tail{max: stderrTail}, exited: make(chan struct{})}
 	if cmd.Stderr == nil {
 		cmd.Stderr = d.stderr
 	} else {
@@ -97,7 +97,7 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Daemon, error) 
 	theirs.Close()
 	if err != nil {
 		ours.Close()
-		return nil, fmt.Errorf("perfuse: start %s: %w", cmd.Path, err)
+		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
 	}
 	go func() {
 		d.waitErr = cmd.Wait()
@@ -107,7 +107,7 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Daemon, error) 
 	cb, err := SocketCallbacks(ours, opts...)
 	if err != nil {
 		d.kill()
-		return nil, fmt.Errorf("perfuse: start %s: %w", cmd.Path, err)
+		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
 	}
 	// Replies are records the daemon sends: its buffer bounds them.
 	cb.MaxFrame = min(cb.MaxFrame, theirMax)

@@ -166,6 +166,10 @@ func TestStartInitBoundedByDaemonExit(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "exited before INIT") || !strings.Contains(err.Error(), "gave the socket away") {
 		t.Fatalf("Start = %v; want an exited-before-INIT error with the stderr tail", err)
 	}
+	// The socket was still open: the exit, not end-of-file, ended INIT.
+	if errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("Start = %v: INIT ended by the socket closing, not by the daemon's exit", err)
+	}
 }
 
 // A daemon that dies during the session: Unmount reports its status.
@@ -257,6 +261,9 @@ func TestUnmountEndsDaemonsCleanly(t *testing.T) {
 			begun := time.Now()
 			if err := d.Unmount(ctx); err != nil {
 				t.Errorf("Unmount: %v", err)
+			}
+			if err := d.Unmount(ctx); err != nil {
+				t.Errorf("second Unmount: %v", err)
 			}
 			ps := d.ProcessState()
 			if ps == nil {
