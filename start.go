@@ -50,7 +50,9 @@ type Daemon struct {
 // fd 3 (the caller's cmd.ExtraFiles follow it), so cmd should name
 // "/dev/fd/3" as its mountpoint and stay in the foreground (-f for libfuse
 // daemons): libfuse 3.3+ and go-fuse 2.2+ take that as an open FUSE
-// connection and mount nothing. No privileges are needed.
+// connection and mount nothing. No privileges are needed. (A daemon that
+// goes to the background serves from a child Start does not see: Unmount
+// cannot signal it, and it ends when the socket closes.)
 //
 //	d, err := perfuse.Start(ctx, exec.Command("squashfuse", "-f", "image.sqfs", "/dev/fd/3"))
 //
