@@ -78,7 +78,7 @@ func ExampleStart() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = d.Unmount(ctx) // DESTROY, SIGTERM, close; the daemon is reaped
+	err = d.Unmount(ctx) // DESTROY, end the daemon, reap it
 	fmt.Printf("hello.txt, %d bytes: %s", e.Attr.Size, data)
 	fmt.Println("unmount:", err, "daemon:", d.ProcessState())
 	// Output:

@@ -2,12 +2,15 @@ package perfuse
 
 import (
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,8 +23,7 @@ const (
 	initTimeout = 30 * time.Second
 	// stopGrace is how long Unmount waits for the daemon to exit after
 	// the stop signal before it closes the socket. libfuse daemons exit
-	// within milliseconds; a go-fuse server ends only once the socket
-	// closes, after this wait.
+	// within milliseconds.
 	stopGrace = time.Second
 	// exitTimeout is how long a daemon may take to exit once its socket
 	// is closed before it is killed.
@@ -194,17 +196,23 @@ func (d *Daemon) initError(err error) error {
 }
 
 // stop asks the daemon to exit, once DESTROY has been answered (or has
-// timed out). libfuse's fuse_set_signal_handlers makes SIGTERM end the
-// session loop; pyfuse3 daemons and go-fuse programs commonly catch it to
-// unmount. Closing the socket first would make libfuse read end-of-file
-// and fail ("short read on fuse device"), so the socket is closed only
-// once the daemon has exited or had stopGrace to do so.
+// timed out), in the way its kind expects. libfuse's
+// fuse_set_signal_handlers makes SIGTERM end the session loop, and pyfuse3
+// daemons catch it to end theirs; closing the socket first would make
+// libfuse read end-of-file and fail ("short read on fuse device"), so the
+// socket is closed only once the daemon has exited or had stopGrace to do
+// so. A Go FUSE server's loop instead ends when the socket closes, and
+// SIGTERM would kill a Go program that does not catch it: such a daemon
+// gets no signal.
 func (d *Daemon) stop() {
 	d.stopOnce.Do(func() {
 		select {
 		case <-d.exited:
 			return
 		default:
+		}
+		if d.endsOnClose() {
+			return
 		}
 		if err := d.cmd.Process.Signal(syscall.SIGTERM); err == nil {
 			d.stopped = true
@@ -214,6 +222,27 @@ func (d *Daemon) stop() {
 		case <-time.After(stopGrace):
 		}
 	})
+}
+
+// closeEnded are the Go FUSE libraries whose server loop ends, and whose
+// Serve returns, when the connection ends.
+var closeEnded = []string{"github.com/hanwen/go-fuse", "bazil.org/fuse"}
+
+// endsOnClose reports whether the daemon is a Go program built on one of
+// closeEnded, from the build information in its executable.
+func (d *Daemon) endsOnClose() bool {
+	bi, err := buildinfo.ReadFile(fmt.Sprintf("/proc/%d/exe", d.cmd.Process.Pid))
+	if err != nil {
+		return false // not a Go program
+	}
+	for _, m := range append([]*debug.Module{&bi.Main}, bi.Deps...) {
+		for _, lib := range closeEnded {
+			if m.Path == lib || strings.HasPrefix(m.Path, lib+"/") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // reap waits for the daemon to exit once its socket is closed (a go-fuse
@@ -233,17 +262,18 @@ func (d *Daemon) kill() {
 }
 
 // Unmount ends the session as Usermount.Unmount does (releases, forgets,
-// DESTROY) and then the daemon: SIGTERM, which ends a libfuse daemon's
-// session loop; after a grace period the socket is closed, which ends a
-// go-fuse server's loop; one still running seconds later is killed. It
-// returns once the process is reaped.
+// DESTROY) and then the daemon, as its kind expects: a go-fuse or
+// bazil.org/fuse program by closing the socket, which ends its server loop;
+// any other (libfuse, pyfuse3) by SIGTERM, which ends a libfuse session
+// loop, and after a grace period by closing the socket. One still running
+// seconds later is killed. It returns once the process is reaped.
 //
 // Its error is DESTROY's, or the daemon's failure: an error wrapping
 // *exec.ExitError, with the tail of its stderr, when the daemon exited
-// non-zero before it was asked to stop. The exit status of a daemon that
-// stopped on the signal is not an error, because libfuse up to at least
-// 3.14 reports the signal as a failure (squashfuse exits 8, sshfs 1): it
-// stays available from ProcessState.
+// non-zero without being sent the signal. The exit status of a daemon that
+// stopped on the signal is not an error, because over a socket libfuse (up
+// to at least 3.14) reports the signal as a failure (squashfuse exits 8,
+// sshfs 1): it stays available from ProcessState.
 func (d *Daemon) Unmount(ctx context.Context) error {
 	err := d.Usermount.Unmount(ctx)
 	// Usermount.Unmount reaps through the Umount callback; a second call

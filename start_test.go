@@ -185,14 +185,14 @@ func TestUnmountReportsDaemonCrash(t *testing.T) {
 	}
 }
 
-// goFuseLoopback builds go-fuse's own example loopback daemon.
-func goFuseLoopback(t *testing.T) string {
+// goFuseExample builds one of go-fuse's own example daemons.
+func goFuseExample(t *testing.T, name string) string {
 	t.Helper()
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	bin := filepath.Join(t.TempDir(), "loopback")
-	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/hanwen/go-fuse/v2/example/loopback").CombinedOutput()
+	bin := filepath.Join(t.TempDir(), name)
+	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/hanwen/go-fuse/v2/example/"+name).CombinedOutput()
 	if err != nil {
-		t.Fatalf("building go-fuse's loopback: %v\n%s", err, out)
+		t.Fatalf("building go-fuse's example %s: %v\n%s", name, err, out)
 	}
 	return bin
 }
@@ -204,10 +204,11 @@ func goFuseLoopback(t *testing.T) string {
 // whose loop ends without error only on the ENODEV a kernel unmount gives;
 // libfuse 3.14 reports the signal as a failure (squashfuse 8, fuse-overlayfs
 // and sshfs 1), which Unmount does not count as an error. pyfuse3 daemons
-// that end their loop on SIGTERM, and go-fuse servers, which end when the
-// socket closes, exit 0. go-fuse v2.12 prints two lines when its socket
-// closes: it takes end-of-file as a read error ("Short read for input
-// header", "Failed to read from fuse conn: 22"); only ENODEV is quiet.
+// that end their loop on SIGTERM exit 0. go-fuse programs are ended by
+// closing the socket, which ends their server loop, and exit 0, whether they
+// catch SIGTERM (loopback) or not (hello); go-fuse v2.12 prints two lines
+// per reader then, taking end-of-file for a read error ("Short read for
+// input header", "Failed to read from fuse conn: 22"): only ENODEV is quiet.
 func TestUnmountEndsDaemonsCleanly(t *testing.T) {
 	tree := func(t *testing.T) string {
 		dir := t.TempDir()
@@ -220,29 +221,33 @@ func TestUnmountEndsDaemonsCleanly(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		argv    func(t *testing.T) []string
+		file    string // a file the daemon serves
 		exit0   bool
 		atClose []string // lines the daemon is known to print as it ends
 	}{
-		{"squashfuse", func(t *testing.T) []string { return daemonpeer.SquashfuseArgs(t, tree(t)) }, false, nil},
+		{"squashfuse", func(t *testing.T) []string { return daemonpeer.SquashfuseArgs(t, tree(t)) }, "hello.txt", false, nil},
 		{"fuse-overlayfs", func(t *testing.T) []string {
 			return daemonpeer.FuseOverlayfsArgs(tree(t), t.TempDir(), t.TempDir())
-		}, false, nil},
-		{"sshfs", func(t *testing.T) []string { return daemonpeer.SshfsArgs(t, tree(t)) }, false, nil},
+		}, "hello.txt", false, nil},
+		{"sshfs", func(t *testing.T) []string { return daemonpeer.SshfsArgs(t, tree(t)) }, "hello.txt", false, nil},
 		{"pyfuse3", func(t *testing.T) []string {
 			script, err := filepath.Abs("testdata/pyfuse3_hello.py")
 			if err != nil {
 				t.Fatal(err)
 			}
 			return daemonpeer.Pyfuse3Args(t, script)
-		}, true, nil},
+		}, "hello.txt", true, nil},
 		{"go-fuse loopback", func(t *testing.T) []string {
-			return []string{goFuseLoopback(t), "-q", "/dev/fd/3", tree(t)}
-		}, true, goFuseEOF},
+			return []string{goFuseExample(t, "loopback"), "-q", "/dev/fd/3", tree(t)}
+		}, "hello.txt", true, goFuseEOF},
+		{"go-fuse hello", func(t *testing.T) []string {
+			return []string{goFuseExample(t, "hello"), "/dev/fd/3"}
+		}, "file.txt", true, goFuseEOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testCtx(t)
 			d := start(t, tc.argv(t))
-			e, err := d.NodeLookup(ctx, nil, d.Root(), "hello.txt")
+			e, err := d.NodeLookup(ctx, nil, d.Root(), tc.file)
 			if err != nil {
 				t.Fatalf("lookup: %v", err)
 			}

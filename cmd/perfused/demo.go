@@ -169,14 +169,18 @@ func init() {
 	}
 }
 
-// runDemoDaemon serves the demo tree on mountpoint until SIGTERM, which is
-// how perfuse.Start's Unmount asks it to end, or until the connection ends.
+// runDemoDaemon serves the demo tree on mountpoint until the connection
+// ends, which is how perfuse.Start's Unmount ends a go-fuse daemon, or
+// until SIGTERM.
 func runDemoDaemon(mountpoint string) int {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM)
+	// go-fuse logs the end of its connection as a read error.
+	log.SetOutput(io.Discard)
 	files, _ := demoTree()
 	raw := gofs.NewNodeFS(&memRoot{files: files}, &gofs.Options{})
-	srv, err := fuse.NewServer(raw, mountpoint, &fuse.MountOptions{DisableSplice: true, FsName: "demo"})
+	srv, err := fuse.NewServer(raw, mountpoint, &fuse.MountOptions{DisableSplice: true, FsName: "demo",
+		Logger: log.New(io.Discard, "", 0)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "perfused demo daemon:", err)
 		return 1
