@@ -11,6 +11,8 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"os/exec"
+	"os/signal"
 	"sort"
 	"strings"
 	"syscall"
@@ -156,31 +158,75 @@ func serveDemo(files map[string][]byte) (*os.File, chan error, error) {
 	return ours, served, nil
 }
 
-// runMountFreeDemo walks and reads the whole tree through perfuse's
+// demoDaemonEnv makes this binary the mount-free demo's FUSE daemon, with
+// the variable's value as its mountpoint: the demo runs itself with it set,
+// through perfuse.Start, as a program would run squashfuse.
+const demoDaemonEnv = "PERFUSE_DEMO_DAEMON"
+
+func init() {
+	if mountpoint := os.Getenv(demoDaemonEnv); mountpoint != "" {
+		os.Exit(runDemoDaemon(mountpoint))
+	}
+}
+
+// runDemoDaemon serves the demo tree on mountpoint until the connection
+// ends, which is how perfuse.Start's Unmount ends a go-fuse daemon, or
+// until SIGTERM.
+func runDemoDaemon(mountpoint string) int {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM)
+	// go-fuse logs the end of its connection as a read error.
+	log.SetOutput(io.Discard)
+	files, _ := demoTree()
+	raw := gofs.NewNodeFS(&memRoot{files: files}, &gofs.Options{})
+	srv, err := fuse.NewServer(raw, mountpoint, &fuse.MountOptions{DisableSplice: true, FsName: "demo",
+		Logger: log.New(io.Discard, "", 0)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "perfused demo daemon:", err)
+		return 1
+	}
+	served := make(chan struct{})
+	go func() {
+		srv.Serve()
+		close(served)
+	}()
+	select {
+	case <-stop:
+	case <-served:
+	}
+	return 0
+}
+
+// runMountFreeDemo runs the demo daemon as a child process with
+// perfuse.Start, walks and reads the whole tree through perfuse's
 // operation table (its io/fs view), checks every byte, and prints the FUSE
 // trace statistics.
 func runMountFreeDemo(out io.Writer) error {
 	files, _ := demoTree()
-	ours, served, err := serveDemo(files)
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), demoDaemonEnv+"=/dev/fd/3")
+	cmd.Stderr = os.Stderr
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	u, err := perfuse.Attach(ctx, ours, &perfuse.MountInfo{Source: "demo", FSType: "fuse.demo"}, perfuse.WithDiag(perfuse.DiagTrace))
+	d, err := perfuse.Start(ctx, cmd, perfuse.WithDiag(perfuse.DiagTrace))
 	if err != nil {
 		return err
 	}
-	minor, _, maxWrite, maxRead := u.Negotiated()
-	fmt.Fprintf(out, "perfuse demo (mount-free): INIT done with an in-memory go-fuse daemon over a socket (protocol 7.%d, max_write %d, max read %d)\n", minor, maxWrite, maxRead)
+	minor, _, maxWrite, maxRead := d.Negotiated()
+	fmt.Fprintf(out, "perfuse demo (mount-free): INIT done with the in-memory go-fuse daemon run as a child process (pid %d) by perfuse.Start, over a socket (protocol 7.%d, max_write %d, max read %d)\n",
+		cmd.Process.Pid, minor, maxWrite, maxRead)
 
-	fsys := u.FS(ctx, nil)
+	fsys := d.FS(ctx, nil)
 	var nfiles, nbytes int
-	werr := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	werr := fs.WalkDir(fsys, ".", func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() {
+		if de.IsDir() {
 			fmt.Fprintf(out, "  %s/\n", p)
 			return nil
 		}
@@ -199,16 +245,14 @@ func runMountFreeDemo(out io.Writer) error {
 	if werr == nil && nfiles != len(files) {
 		werr = fmt.Errorf("walked %d files, served %d", nfiles, len(files))
 	}
-	st, serr := u.FsStatvfs(ctx, nil)
+	st, serr := d.FsStatvfs(ctx, nil)
 	if serr == nil {
 		fmt.Fprintf(out, "statfs: %d blocks, %d files\n", st.Blocks, st.Files)
 	}
 	fmt.Fprintf(out, "read %d files, %d bytes, every byte equal to the source\n\n", nfiles, nbytes)
-	printStats(out, u)
-	uerr := u.Unmount(ctx)
-	if err := <-served; err != nil && werr == nil {
-		werr = err
-	}
+	printStats(out, d.Usermount)
+	uerr := d.Unmount(ctx)
+	fmt.Fprintf(out, "unmounted; the daemon ended with %v\n", d.ProcessState())
 	if werr != nil {
 		return werr
 	}

@@ -12,6 +12,7 @@ package daemonpeer
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,7 +34,18 @@ var packages = map[string]string{
 	"squashfuse_ll":  "squashfuse",
 	"mksquashfs":     "squashfs-tools",
 	"fuse-overlayfs": "fuse-overlayfs",
+	"sshfs":          "sshfs",
+	sftpServer:       "openssh-sftp-server",
+	python3:          "python3-pyfuse3",
 }
+
+// Programs found by path rather than on PATH: Debian's sftp-server, and
+// Debian's python3, which has python3-pyfuse3 (another python3 may come
+// first on PATH).
+const (
+	sftpServer = "/usr/lib/openssh/sftp-server"
+	python3    = "/usr/bin/python3"
+)
 
 // Daemon is a running FUSE daemon.
 type Daemon struct {
@@ -53,7 +65,7 @@ type Daemon struct {
 // one still running after a few seconds is killed.
 func Start(t testing.TB, argv ...string) *Daemon {
 	t.Helper()
-	path := need(t, argv[0])
+	path := Need(t, argv[0])
 	client, fd, err := peerutil.SocketPair()
 	if err != nil {
 		t.Fatal(err)
@@ -131,13 +143,53 @@ func (d *Daemon) Stderr() string {
 // with squashfuse.
 func Squashfuse(t testing.TB, srcDir string) *Daemon {
 	t.Helper()
-	mksquashfs := need(t, "mksquashfs")
-	need(t, "squashfuse")
+	return Start(t, SquashfuseArgs(t, srcDir)...)
+}
+
+// SquashfuseArgs packs srcDir into a squashfs image with mksquashfs and
+// returns the command line that serves it on fd 3.
+func SquashfuseArgs(t testing.TB, srcDir string) []string {
+	t.Helper()
+	mksquashfs := Need(t, "mksquashfs")
+	Need(t, "squashfuse")
 	img := filepath.Join(t.TempDir(), "img.squashfs")
 	if out, err := exec.Command(mksquashfs, srcDir, img, "-noappend", "-quiet").CombinedOutput(); err != nil {
 		t.Fatalf("mksquashfs: %v\n%s", err, out)
 	}
-	return Start(t, "squashfuse", "-f", img, "/dev/fd/3")
+	return []string{"squashfuse", "-f", img, "/dev/fd/3"}
+}
+
+// FuseOverlayfsArgs returns the command line that serves an overlay of
+// upper on lower on fd 3 (see FuseOverlayfs).
+func FuseOverlayfsArgs(lower, upper, work string) []string {
+	return []string{"fuse-overlayfs", "-f",
+		"-o", fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work),
+		"/dev/fd/3"}
+}
+
+// SshfsArgs returns the command line that serves dir with sshfs on fd 3,
+// with no sshd: its ssh_command is a script that runs the local
+// sftp-server, which serves the filesystem on its stdin and stdout.
+func SshfsArgs(t testing.TB, dir string) []string {
+	t.Helper()
+	Need(t, "sshfs")
+	Need(t, sftpServer)
+	script := filepath.Join(t.TempDir(), "ssh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec "+sftpServer+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"sshfs", "-f", "-o", "ssh_command=" + script, "localhost:" + dir, "/dev/fd/3"}
+}
+
+// Pyfuse3Args returns the command line that runs the pyfuse3 daemon script
+// (python3-pyfuse3) on fd 3, with args after it.
+func Pyfuse3Args(t testing.TB, script string, args ...string) []string {
+	t.Helper()
+	Need(t, python3)
+	if out, err := exec.Command(python3, "-c", "import pyfuse3, trio").CombinedOutput(); err != nil {
+		skipOrFail(t, fmt.Sprintf("%s cannot import pyfuse3: apt-get install python3-pyfuse3 (%v: %s)", python3, err, out))
+	}
+	return append([]string{python3, script, "/dev/fd/3"}, args...)
 }
 
 // FuseOverlayfs serves an overlay of upper (writable) on lower with
@@ -148,14 +200,13 @@ func Squashfuse(t testing.TB, srcDir string) *Daemon {
 // "unknown argument ignored: lazytime".
 func FuseOverlayfs(t testing.TB, lower, upper, work string) *Daemon {
 	t.Helper()
-	return Start(t, "fuse-overlayfs", "-f",
-		"-o", fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work),
-		"/dev/fd/3")
+	return Start(t, FuseOverlayfsArgs(lower, upper, work)...)
 }
 
-// need returns the path of program, or skips the test (fails it under
-// PERFUSE_TEST_STRICT=1) when it is not installed.
-func need(t testing.TB, program string) string {
+// Need returns the path of program (looked up on PATH unless it is a path),
+// or skips the test (fails it under PERFUSE_TEST_STRICT=1) when it is not
+// installed.
+func Need(t testing.TB, program string) string {
 	t.Helper()
 	path, err := exec.LookPath(program)
 	if err == nil {
@@ -166,12 +217,18 @@ func need(t testing.TB, program string) string {
 		pkg = program
 	}
 	msg := fmt.Sprintf("%s not installed: apt-get install %s", program, pkg)
+	if !errors.Is(err, exec.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
+		msg += fmt.Sprintf(" (%v)", err)
+	}
+	skipOrFail(t, msg)
+	return ""
+}
+
+// skipOrFail skips the test, or fails it under PERFUSE_TEST_STRICT=1.
+func skipOrFail(t testing.TB, msg string) {
+	t.Helper()
 	if os.Getenv("PERFUSE_TEST_STRICT") == "1" {
 		t.Fatalf("%s (PERFUSE_TEST_STRICT=1)", msg)
 	}
-	if !errors.Is(err, exec.ErrNotFound) {
-		msg += fmt.Sprintf(" (%v)", err)
-	}
 	t.Skip(msg)
-	return ""
 }

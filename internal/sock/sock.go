@@ -67,6 +67,20 @@ func SendBuffer(fd int) (int, error) {
 	return n, nil
 }
 
+// recordSlack is what AF_UNIX takes from SO_SNDBUF for its own accounting:
+// a record larger than SO_SNDBUF - recordSlack fails with EMSGSIZE.
+const recordSlack = 32
+
+// MaxRecord returns the largest record fd can send: its effective SO_SNDBUF
+// less what the kernel keeps for itself.
+func MaxRecord(fd int) (int, error) {
+	n, err := SendBuffer(fd)
+	if err != nil {
+		return 0, err
+	}
+	return n - recordSlack, nil
+}
+
 // PeerCred returns the credentials the peer had when the connection or the
 // socket pair was created (SO_PEERCRED).
 func PeerCred(fd int) (*unix.Ucred, error) {

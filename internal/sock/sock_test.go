@@ -260,3 +260,24 @@ func TestRecvRecordClosesPassedFds(t *testing.T) {
 		t.Errorf("fds: %d before, %d after receiving 2 and closing the originals; want %d", before, after, before-2)
 	}
 }
+
+// MaxRecord is exact: a record of that size goes, one byte more is EMSGSIZE.
+func TestMaxRecord(t *testing.T) {
+	a, b := pair(t)
+	if err := SetBuffers(fd(a), 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetBuffers(fd(b), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	n, err := MaxRecord(fd(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SendRecord(fd(a), make([]byte, n)); err != nil {
+		t.Errorf("record of MaxRecord = %d bytes: %v", n, err)
+	}
+	if err := SendRecord(fd(a), make([]byte, n+1)); !errors.Is(err, unix.EMSGSIZE) {
+		t.Errorf("record of MaxRecord+1 bytes: %v, want EMSGSIZE", err)
+	}
+}
