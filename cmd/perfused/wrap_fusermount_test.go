@@ -84,7 +84,7 @@ func daemonsLeft(target string) []string {
 			continue
 		}
 		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		if err != nil || !bytes.Contains(env, []byte(fusermount.EnvFD+"=")) {
+		if err != nil || !bytes.Contains(env, []byte(fusermount.EnvDaemon+"=")) {
 			continue
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -165,7 +165,8 @@ func TestWrapModeBindfs(t *testing.T) {
 	waitMounted(t, target, pd)
 
 	line := kerneltest.MountLine(target)
-	if !strings.HasPrefix(line, src+" ") || !strings.Contains(line, "fuse.perfuse") || !strings.Contains(line, "allow_other") {
+	// bindfs asks for an fsname and no subtype: fuse.perfuse.
+	if !strings.HasPrefix(line, src+" ") || !strings.Contains(line, " fuse.perfuse ") || !strings.Contains(line, "allow_other") {
 		t.Errorf("/proc/mounts: %q, want bindfs's fsname %s, type fuse.perfuse and its allow_other", line, src)
 	}
 	if !strings.Contains(pd.out.String(), "minor=19") {
