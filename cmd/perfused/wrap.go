@@ -246,7 +246,13 @@ func (d *daemon) handoff(pid int, theirs *os.File, mi *perfuse.MountInfo, exited
 	}
 	base := mi.Source
 	k.Apply(mi)
-	if err := h.Give(theirs); err != nil {
+	ph, err := fusermount.Placeholder()
+	if err != nil {
+		d.log.Warn("perfused: the daemon will find its mountpoint unmounted after fusermount", "err", err)
+	} else {
+		defer ph.Close()
+	}
+	if err := h.Give(theirs, ph); err != nil {
 		return fmt.Errorf("hand %s its socket: %w", base, err)
 	}
 	return nil

@@ -1,9 +1,20 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
 
 	"github.com/perfuse-go/perfuse/internal/fusermount"
+	"github.com/perfuse-go/perfuse/internal/kerneltest"
 )
 
 // In a wrapped daemon's namespace the stand-in fusermount is perfused's
@@ -14,5 +25,107 @@ func init() {
 	if fusermount.IsStandin(os.Args[0]) {
 		status, _ := fusermount.Run(os.Args)
 		os.Exit(status)
+	}
+}
+
+var testDaemons struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// testDaemon builds the daemons of internal/testdaemon once and returns
+// the path of the one named.
+func testDaemon(t *testing.T, name string) string {
+	t.Helper()
+	testDaemons.once.Do(func() {
+		dir, err := os.MkdirTemp("", "perfused-testdaemons-")
+		if err != nil {
+			testDaemons.err = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		out, err := exec.Command(gobin, "build", "-o", dir, "github.com/perfuse-go/perfuse/internal/testdaemon/...").CombinedOutput()
+		if err != nil {
+			testDaemons.err = fmt.Errorf("go build the test daemons: %v\n%s", err, out)
+		}
+		testDaemons.dir = dir
+	})
+	if testDaemons.err != nil {
+		t.Fatal(testDaemons.err)
+	}
+	return filepath.Join(testDaemons.dir, name)
+}
+
+// A go-fuse daemon given its real mountpoint: go-fuse runs fusermount with
+// an empty environment and only its own socket as fd 3, and then probes
+// the mount; its -ro reaches the kernel mount (EROFS).
+func TestWrapStandinGoFuse(t *testing.T) {
+	needStandin(t)
+	bin := testDaemon(t, "gofusefs")
+	src, target := t.TempDir(), t.TempDir()
+	kerneltest.MakeTree(t, src)
+	detachAtCleanup(t, target)
+	pd := start(t, "perfused", nil, nil, target, "--", bin, "-ro", src, target)
+	defer watchdog(t, pd, target, 60*time.Second)()
+	waitMounted(t, target, pd)
+	kerneltest.CompareTrees(t, src, target)
+	opts, line := mountOptions(t, target)
+	if !opts["ro"] || !strings.HasPrefix(line, "gofusefs ") || !strings.Contains(line, " fuse.gofusefs ") {
+		t.Errorf("/proc/mounts %q: want ro, source gofusefs, type fuse.gofusefs", line)
+	}
+	if err := os.WriteFile(filepath.Join(target, "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write on a -ro mount: %v, want EROFS", err)
+	}
+	unmountAndCheck(t, pd, target)
+}
+
+// A bazil.org/fuse daemon (rclone's library) given its real mountpoint: it
+// puts its own socket on fusermount's fd 3, and checks, as rclone does,
+// that the mountpoint is not mounted yet. Its ReadOnly() reaches the
+// kernel mount.
+func TestWrapStandinBazil(t *testing.T) {
+	needStandin(t)
+	bin := testDaemon(t, "bazilfs")
+	target := t.TempDir()
+	detachAtCleanup(t, target)
+	pd := start(t, "perfused", nil, nil, target, "--", bin, target)
+	defer watchdog(t, pd, target, 60*time.Second)()
+	waitMounted(t, target, pd)
+	if b, err := os.ReadFile(filepath.Join(target, "hello")); err != nil || string(b) != "hello from bazil\n" {
+		t.Errorf("read through the mount: %q, %v", b, err)
+	}
+	opts, line := mountOptions(t, target)
+	if !opts["ro"] || !strings.HasPrefix(line, "bazilfs ") || !strings.Contains(line, " fuse.bazilfs ") {
+		t.Errorf("/proc/mounts %q: want ro, source bazilfs, type fuse.bazilfs", line)
+	}
+	if err := os.WriteFile(filepath.Join(target, "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write on a read-only mount: %v, want EROFS", err)
+	}
+	unmountAndCheck(t, pd, target)
+}
+
+// A daemon that calls mount(2) itself and never runs fusermount (as
+// ntfs-3g's built-in FUSE does; here mount(8)) gets a refusal that says so.
+func TestWrapStandinDaemonThatMountsItself(t *testing.T) {
+	needStandin(t, "mount")
+	target := t.TempDir()
+	detachAtCleanup(t, target)
+	pd := start(t, "perfused", nil, nil, target, "--", "mount", "-t", "tmpfs", "none", target)
+	err := pd.wait(t, 15*time.Second)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("perfused exit: %v, want status 1", err)
+	}
+	for _, w := range []string{"without running fusermount", "calls mount(2) itself", "EPERM"} {
+		if !strings.Contains(pd.out.String(), w) {
+			t.Errorf("perfused's message lacks %q:\n%s", w, pd.out)
+		}
+	}
+	if kerneltest.Mounted(target) {
+		t.Error("something is mounted")
 	}
 }

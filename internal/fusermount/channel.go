@@ -116,11 +116,58 @@ func (c *Channel) read(conn *net.UnixConn, deadline time.Time) (*Handoff, error)
 	return &Handoff{Request: req, conn: conn}, nil
 }
 
-// Give sends f (the relay socket's daemon end) to the stand-in.
-func (h *Handoff) Give(f *os.File) error {
+// Give sends f (the relay socket's daemon end) to the stand-in, and
+// placeholder, if not nil, for it to mount on the mountpoint (see
+// Placeholder).
+func (h *Handoff) Give(f, placeholder *os.File) error {
 	defer h.conn.Close()
-	_, _, err := h.conn.WriteMsgUnix([]byte{'+'}, unix.UnixRights(int(f.Fd())), nil)
+	fds := []int{int(f.Fd())}
+	if placeholder != nil {
+		fds = append(fds, int(placeholder.Fd()))
+	}
+	_, _, err := h.conn.WriteMsgUnix([]byte{'+'}, unix.UnixRights(fds...), nil)
 	return err
+}
+
+// ProbeName is the file go-fuse opens under the mountpoint once fusermount
+// has returned (its "poll hack", Server.WaitMount), failing the mount if
+// it cannot.
+const ProbeName = ".go-fuse-epoll-hack"
+
+// Placeholder returns a detached read-only tmpfs that holds an empty
+// ProbeName. The stand-in mounts it on the mountpoint in the daemon's
+// namespace: after fusermount a daemon finds its mountpoint mounted, as
+// with the real one, although perfused's kernel mount (made after INIT
+// with the daemon, in perfused's namespace) is not visible there. go-fuse
+// daemons need this: their probe runs as soon as INIT is answered.
+func Placeholder() (*os.File, error) {
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("placeholder: fsopen tmpfs: %w", err)
+	}
+	defer unix.Close(fsfd)
+	for k, v := range map[string]string{"mode": "0555", "size": "4k", "nr_inodes": "8"} {
+		if err := unix.FsconfigSetString(fsfd, k, v); err != nil {
+			return nil, fmt.Errorf("placeholder: tmpfs %s=%s: %w", k, v, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("placeholder: tmpfs: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("placeholder: fsmount: %w", err)
+	}
+	probe, err := unix.Openat(mfd, ProbeName, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o444)
+	if err == nil {
+		unix.Close(probe)
+		err = unix.MountSetattr(mfd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+	}
+	if err != nil {
+		unix.Close(mfd)
+		return nil, fmt.Errorf("placeholder: %w", err)
+	}
+	return os.NewFile(uintptr(mfd), "placeholder"), nil
 }
 
 // Refuse tells the stand-in why there is no mount; it prints why.
@@ -150,7 +197,8 @@ func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 
 // fetch is the stand-in's end: it sends args (fusermount's arguments) to
 // the perfused serving this mount namespace and returns the socket it
-// hands over, or perfused's refusal.
+// hands over, or perfused's refusal. A placeholder that comes with it is
+// mounted on the mountpoint.
 func fetch(args []string) (int, error) {
 	ns, err := Namespace(0)
 	if err != nil {
@@ -193,7 +241,15 @@ func fetch(args []string) (int, error) {
 			}
 		}
 	}
-	if n > 0 && buf[0] == '+' && len(fds) == 1 {
+	if n > 0 && buf[0] == '+' && (len(fds) == 1 || len(fds) == 2) {
+		if len(fds) == 2 {
+			err := placehold(fds[1], args)
+			unix.Close(fds[1])
+			if err != nil {
+				unix.Close(fds[0])
+				return -1, err
+			}
+		}
 		return fds[0], nil
 	}
 	for _, fd := range fds {
@@ -203,4 +259,16 @@ func fetch(args []string) (int, error) {
 		return -1, errors.New(string(buf[1:n]))
 	}
 	return -1, fmt.Errorf("perfused's answer: %q", buf[:n])
+}
+
+// placehold mounts the placeholder mfd on the mountpoint named in args.
+func placehold(mfd int, args []string) error {
+	req, err := ParseHello(Hello(args))
+	if err != nil || req.Mountpoint == "" {
+		return fmt.Errorf("no mountpoint among %q", args)
+	}
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, req.Mountpoint, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount the placeholder on %s: %w", req.Mountpoint, err)
+	}
+	return nil
 }

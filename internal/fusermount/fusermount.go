@@ -181,12 +181,14 @@ var auditArch = map[string]uint32{
 	"loong64": unix.AUDIT_ARCH_LOONGARCH64,
 }
 
-// denyMount makes mount(2) (and the new mount API's fsopen and
-// move_mount) fail with EPERM in this process and whatever it execs, which
-// is what sends libfuse to fusermount, and makes umount2(2) succeed
+// denyMount makes mount(2) (and the new mount API's fsopen) fail with
+// EPERM in this process and whatever it execs, which is what sends libfuse
+// to fusermount, and makes umount2(2) succeed
 // without doing anything: libfuse unmounts its mountpoint itself at exit
 // as root, and in this namespace nothing is mounted there (perfused
-// removes the real mount). Every other call, privilege and capability
+// removes the real mount). move_mount stays allowed: without fsopen or
+// mount(2) it can only move mounts about in this private namespace, and
+// the stand-in uses it for the placeholder (Placeholder). Every other call, privilege and capability
 // stays: the daemon behaves as it would as root. On an architecture
 // without a table entry CAP_SYS_ADMIN is dropped from the bounding set
 // instead (mount(2) then fails with EPERM too, but so do a few other
@@ -211,7 +213,7 @@ func denyMount() error {
 	// jeq jumps to the instruction ret(action) of the table at the end.
 	var f []unix.SockFilter
 	calls := []struct{ nr, action uint32 }{
-		{unix.SYS_MOUNT, deny}, {unix.SYS_FSOPEN, deny}, {unix.SYS_MOVE_MOUNT, deny}, {unix.SYS_UMOUNT2, noop},
+		{unix.SYS_MOUNT, deny}, {unix.SYS_FSOPEN, deny}, {unix.SYS_UMOUNT2, noop},
 	}
 	f = append(f, ld(4), unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: arch}, ret(allow), ld(0))
 	for i, c := range calls {

@@ -81,7 +81,7 @@ func TestStandinHandsOverTheSocket(t *testing.T) {
 			h.Refuse("bad request")
 			return
 		}
-		served <- h.Give(theirs)
+		served <- h.Give(theirs, nil)
 	}()
 	if err := Standin(args); err != nil {
 		t.Fatal(err)
