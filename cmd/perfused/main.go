@@ -141,11 +141,11 @@ type flags struct {
 	wrap       []string // MOUNTPOINT COMMAND ARGS...
 }
 
-func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+func parseFlags(args []string, _ io.Writer) (*flags, error) {
 	fl := flag.NewFlagSet("perfused", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	// main prints the usage for -help itself (to stdout) and a one-line
-	// hint for errors: the flag package must not print it too.
+	// main prints the usage for -help itself (to stdout), and an error
+	// once with a one-line hint: the flag package must print neither.
+	fl.SetOutput(io.Discard)
 	fl.Usage = func() {}
 	f := &flags{}
 	fdStr := fl.String("i", "", "serve the mount on socket `fd`")

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -258,19 +260,28 @@ func (d *daemon) handoff(pid int, theirs *os.File, mi *perfuse.MountInfo, exited
 	return nil
 }
 
-// tidy trims the trailing newline some libraries' errors carry (go-fuse's
-// "fusermount exited with code 256\n").
+// tidy cleans go-fuse's report of a failed fusermount3 (a user's mount;
+// fusermount3 has printed why): "fusermount exited with code 256\n" gives
+// a wait status where an exit status is meant, and a trailing newline.
 func tidy(err error) error {
-	if msg := err.Error(); strings.TrimSpace(msg) != msg {
-		return trimmed{err}
+	if msg := err.Error(); strings.TrimSpace(msg) != msg || goFuseExit.MatchString(msg) {
+		return tidied{err}
 	}
 	return err
 }
 
-type trimmed struct{ error }
+var goFuseExit = regexp.MustCompile(`fusermount exited with code (\d+)`)
 
-func (t trimmed) Error() string { return strings.TrimSpace(t.error.Error()) }
-func (t trimmed) Unwrap() error { return t.error }
+type tidied struct{ error }
+
+func (t tidied) Error() string {
+	return goFuseExit.ReplaceAllStringFunc(strings.TrimSpace(t.error.Error()), func(m string) string {
+		code, _ := strconv.Atoi(goFuseExit.FindStringSubmatch(m)[1])
+		return fmt.Sprintf("fusermount exited with status %d", syscall.WaitStatus(code).ExitStatus())
+	})
+}
+
+func (t tidied) Unwrap() error { return t.error }
 
 func exitStatus(err error) string {
 	if err == nil {
