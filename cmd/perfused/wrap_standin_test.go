@@ -109,23 +109,40 @@ func TestWrapStandinBazil(t *testing.T) {
 	unmountAndCheck(t, pd, target)
 }
 
-// A daemon that calls mount(2) itself and never runs fusermount (as
-// ntfs-3g's built-in FUSE does; here mount(8)) gets a refusal that says so.
+// A daemon that calls mount(2) itself and never runs fusermount (ntfs-3g's
+// built-in FUSE; mount(8) does the same) gets a refusal that says so.
 func TestWrapStandinDaemonThatMountsItself(t *testing.T) {
-	needStandin(t, "mount")
-	target := t.TempDir()
-	detachAtCleanup(t, target)
-	pd := start(t, "perfused", nil, nil, target, "--", "mount", "-t", "tmpfs", "none", target)
-	err := pd.wait(t, 15*time.Second)
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Errorf("perfused exit: %v, want status 1", err)
+	needStandin(t, "mount", "ntfs-3g", "mkntfs")
+	img := filepath.Join(t.TempDir(), "ntfs.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil || os.Truncate(img, 16<<20) != nil {
+		t.Fatal("make the image file")
 	}
-	for _, w := range []string{"without running fusermount", "calls mount(2) itself", "EPERM"} {
-		if !strings.Contains(pd.out.String(), w) {
-			t.Errorf("perfused's message lacks %q:\n%s", w, pd.out)
-		}
+	if out, err := exec.Command("mkntfs", "-q", "-F", "-f", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkntfs: %v\n%s", err, out)
 	}
-	if kerneltest.Mounted(target) {
-		t.Error("something is mounted")
+	for _, c := range []struct {
+		name string
+		argv func(target string) []string
+	}{
+		{"ntfs-3g", func(target string) []string { return []string{"ntfs-3g", "-o", "ro", img, target} }},
+		{"mount", func(target string) []string { return []string{"mount", "-t", "tmpfs", "none", target} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			target := t.TempDir()
+			detachAtCleanup(t, target)
+			pd := start(t, "perfused", nil, nil, append([]string{target, "--"}, c.argv(target)...)...)
+			err := pd.wait(t, 15*time.Second)
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Errorf("perfused exit: %v, want status 1", err)
+			}
+			for _, w := range []string{c.name + " exited", "without running fusermount", "calls mount(2) itself", "EPERM"} {
+				if !strings.Contains(pd.out.String(), w) {
+					t.Errorf("perfused's message lacks %q:\n%s", w, pd.out)
+				}
+			}
+			if kerneltest.Mounted(target) {
+				t.Error("something is mounted")
+			}
+		})
 	}
 }
