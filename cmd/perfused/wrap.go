@@ -208,7 +208,12 @@ func (d *daemon) handoff(pid int, theirs *os.File, mi *perfuse.MountInfo, exited
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	refused := false
+	defer func() {
+		if !refused {
+			ch.Close()
+		}
+	}()
 	type accepted struct {
 		h   *fusermount.Handoff
 		err error
@@ -242,7 +247,22 @@ func (d *daemon) handoff(pid int, theirs *os.File, mi *perfuse.MountInfo, exited
 			err = fmt.Errorf("unknown mount option %q (fusermount would pass it to the kernel, which refuses what it does not know); drop it from the daemon's options", o)
 		}
 		if err != nil {
-			h.Refuse(err.Error())
+			why := err.Error()
+			h.Refuse(why)
+			// libfuse 3 runs fusermount3 quietly first, then again: every
+			// attempt gets the refusal until the daemon has had its time
+			// to exit.
+			refused = true
+			go func() {
+				defer ch.Close()
+				for {
+					h, err := ch.Accept(time.Now().Add(daemonExitWait), nil)
+					if err != nil {
+						return
+					}
+					h.Refuse(why)
+				}
+			}()
 			return fmt.Errorf("%s: %w", mi.Source, err)
 		}
 	}

@@ -248,3 +248,35 @@ func TestWrapUserAllowOtherNeedsFuseConf(t *testing.T) {
 		t.Error("mounted anyway")
 	}
 }
+
+// On the stand-in route an option perfused cannot apply reaches it through
+// fusermount: the stand-in fails with the reason (every time libfuse runs
+// it), the daemon exits on its own, and perfused names the option.
+func TestWrapStandinRefusesOptions(t *testing.T) {
+	needStandin(t, "squashfuse", "mksquashfs")
+	src := t.TempDir()
+	writeTree(t, src, "squashfuse")
+	img := filepath.Join(t.TempDir(), "img.sqfs")
+	if out, err := exec.Command("mksquashfs", src, img, "-quiet", "-noappend").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v\n%s", err, out)
+	}
+	target := t.TempDir()
+	detachAtCleanup(t, target)
+	pd := start(t, "perfused", nil, nil, target, "--", "squashfuse", "-f", "-o", "blksize=4096", img, target)
+	err := pd.wait(t, 15*time.Second)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("perfused exit: %v, want status 1", err)
+	}
+	out := pd.out.String()
+	for _, w := range []string{"fusermount (perfused's stand-in): mount option blksize=4096", "perfused: " + target, "drop -o blksize=4096", "squashfuse: exit status"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "killing it") {
+		t.Errorf("the daemon had to be killed:\n%s", out)
+	}
+	if kerneltest.Mounted(target) {
+		t.Error("mounted anyway")
+	}
+}
