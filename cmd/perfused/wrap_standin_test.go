@@ -146,3 +146,28 @@ func TestWrapStandinDaemonThatMountsItself(t *testing.T) {
 		})
 	}
 }
+
+// A go-fuse daemon on /dev/fd/3 mounts nothing, so its own -ro never
+// reaches a kernel: perfused refuses to mount without it, and once
+// perfused's -o ro settles it the mount is read-only.
+func TestWrapGoFuseFlagOnDevFd(t *testing.T) {
+	kerneltest.NeedMount(t)
+	bin := testDaemon(t, "gofusefs")
+	src, target := t.TempDir(), t.TempDir()
+	writeTree(t, src, "go-fuse")
+	detachAtCleanup(t, target)
+	pd := start(t, "perfused", nil, nil, target, "--", bin, "-ro", src, "/dev/fd/3")
+	if err := pd.wait(t, 10*time.Second); err == nil || !strings.Contains(pd.out.String(), `flag "-ro"`) {
+		t.Errorf("-ro on /dev/fd/3 without perfused -o ro: %v\n%s", err, pd.out)
+	}
+	pd = start(t, "perfused", nil, nil, "-o", "ro", target, "--", bin, "-ro", src, "/dev/fd/3")
+	defer watchdog(t, pd, target, 60*time.Second)()
+	waitMounted(t, target, pd)
+	if b, err := os.ReadFile(filepath.Join(target, "hello.txt")); err != nil || string(b) != "hello from go-fuse\n" {
+		t.Errorf("read through the mount: %q, %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write: %v, want EROFS", err)
+	}
+	unmountAndCheck(t, pd, target)
+}
