@@ -243,12 +243,12 @@ func fetch(args []string) (int, error) {
 	}
 	if n > 0 && buf[0] == '+' && (len(fds) == 1 || len(fds) == 2) {
 		if len(fds) == 2 {
-			err := placehold(fds[1], args)
-			unix.Close(fds[1])
-			if err != nil {
-				unix.Close(fds[0])
-				return -1, err
+			// Without it most daemons still work; go-fuse's will say why
+			// its probe failed.
+			if err := placehold(fds[1], args); err != nil {
+				fmt.Fprintln(os.Stderr, "fusermount (perfused's stand-in): warning:", err)
 			}
+			unix.Close(fds[1])
 		}
 		return fds[0], nil
 	}

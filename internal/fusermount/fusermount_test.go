@@ -187,3 +187,27 @@ func TestRunKnowsTheStandinByName(t *testing.T) {
 		}
 	}
 }
+
+// The placeholder is a detached read-only tmpfs holding go-fuse's probe
+// file.
+func TestPlaceholder(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("PERFUSE_TEST_STRICT") == "1" {
+			t.Fatal("fsmount needs root and PERFUSE_TEST_STRICT=1")
+		}
+		t.Skip("fsmount needs root")
+	}
+	f, err := Placeholder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := unix.Openat(int(f.Fd()), ProbeName, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open the probe: %v", err)
+	}
+	unix.Close(fd)
+	if _, err := unix.Openat(int(f.Fd()), "new", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644); err != unix.EROFS {
+		t.Errorf("create in the placeholder: %v, want EROFS", err)
+	}
+}
