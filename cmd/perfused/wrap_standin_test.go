@@ -2,13 +2,11 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,37 +26,20 @@ func init() {
 	}
 }
 
-var testDaemons struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// testDaemon builds the daemons of internal/testdaemon once and returns
-// the path of the one named.
+// testDaemon builds the daemon of internal/testdaemon named (the build
+// cache makes this quick after the first time) and returns its path.
 func testDaemon(t *testing.T, name string) string {
 	t.Helper()
-	testDaemons.once.Do(func() {
-		dir, err := os.MkdirTemp("", "perfused-testdaemons-")
-		if err != nil {
-			testDaemons.err = err
-			return
-		}
-		os.Chmod(dir, 0o755)
-		gobin, err := exec.LookPath("go")
-		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		out, err := exec.Command(gobin, "build", "-o", dir, "github.com/perfuse-go/perfuse/internal/testdaemon/...").CombinedOutput()
-		if err != nil {
-			testDaemons.err = fmt.Errorf("go build the test daemons: %v\n%s", err, out)
-		}
-		testDaemons.dir = dir
-	})
-	if testDaemons.err != nil {
-		t.Fatal(testDaemons.err)
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	return filepath.Join(testDaemons.dir, name)
+	bin := filepath.Join(t.TempDir(), name)
+	out, err := exec.Command(gobin, "build", "-o", bin, "github.com/perfuse-go/perfuse/internal/testdaemon/"+name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
+	}
+	return bin
 }
 
 // A go-fuse daemon given its real mountpoint: go-fuse runs fusermount with
