@@ -220,7 +220,13 @@ func (d *daemon) handoff(pid int, theirs *os.File, mi *perfuse.MountInfo, exited
 	}
 	got := make(chan accepted, 1)
 	go func() {
-		h, err := ch.Accept(time.Now().Add(initTimeout), func(err error) { d.log.Warn("perfused: " + err.Error()) })
+		warned := false // one line, however many strangers knock
+		h, err := ch.Accept(time.Now().Add(initTimeout), func(err error) {
+			if !warned {
+				warned = true
+				d.log.Warn("perfused: " + err.Error())
+			}
+		})
 		got <- accepted{h, err}
 	}()
 	var h *fusermount.Handoff

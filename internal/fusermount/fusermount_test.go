@@ -2,6 +2,7 @@ package fusermount
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -209,5 +210,43 @@ func TestPlaceholder(t *testing.T) {
 	unix.Close(fd)
 	if _, err := unix.Openat(int(f.Fd()), "new", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644); err != unix.EROFS {
 		t.Errorf("create in the placeholder: %v, want EROFS", err)
+	}
+}
+
+// A connection from outside the daemon's mount namespace gets nothing: it
+// is closed and reported, and the channel goes on waiting.
+func TestChannelRejectsOutsiders(t *testing.T) {
+	ns := "outsider-test-" + strconv.Itoa(os.Getpid()) // no process has this namespace
+	ch, err := Listen(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	rejected := make(chan error, 4)
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := ch.Accept(time.Now().Add(time.Second), func(err error) { rejected <- err })
+		accepted <- err
+	}()
+	conn, err := net.DialUnix("unixpacket", nil, channelAddr(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write(Hello([]string{"--", "/mnt"}))
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, _, _, err := conn.ReadMsgUnix(make([]byte, 16), make([]byte, 64)); n > 0 {
+		t.Errorf("an outsider got an answer (%d bytes, %v)", n, err)
+	}
+	select {
+	case err := <-rejected:
+		if !strings.Contains(err.Error(), "outside the daemon's mount namespace") {
+			t.Errorf("rejection: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no rejection reported")
+	}
+	if err := <-accepted; err == nil {
+		t.Error("Accept returned a hand-off for an outsider")
 	}
 }
