@@ -63,11 +63,21 @@ Modes:
            runs COMMAND in a private mount namespace where its mount(2) fails
            with EPERM and fusermount is perfused itself, which hands the
            daemon the relay's socket (through _FUSE_COMMFD, as fusermount
-           hands over /dev/fuse) and reports the daemon's mount options
-           (fsname=, ro, allow_other, ...); "fusermount -u" does nothing
-           there. Nothing is mounted in that namespace: perfused mounts
-           MOUNTPOINT in its own. This needs root.
-           The mount is owned by the user running perfused.
+           hands over /dev/fuse) and reports the daemon's mount options;
+           "fusermount -u" does nothing there. perfused mounts MOUNTPOINT in
+           its own namespace; the daemon's shows a read-only placeholder
+           there. This needs root; libfuse 2 and 3, go-fuse and
+           bazil.org/fuse daemons work so. A daemon that calls mount(2)
+           itself and never runs fusermount (ntfs-3g) is refused.
+           Either way the daemon's kernel mount options (ro, rw, nosuid,
+           nodev, noexec, sync, dirsync, noatime, allow_other,
+           default_permissions, fsname=, subtype=, max_read=) are applied:
+           with /dev/fd/3 perfused reads the -o options on its command line
+           as libfuse does. Options it cannot apply (blksize=, blkdev,
+           context=) and a daemon's own flags that read like one (-ro,
+           --allow-other) refuse the mount, naming the fix.
+           The mount is owned by the user running perfused, and its
+           mountpoint is checked before COMMAND starts.
 
   -demo    Run the demo: an embedded in-memory FUSE filesystem served by a
            go-fuse daemon over a socket. As root with /dev/fuse it is first
@@ -104,8 +114,9 @@ mountpoint must be a directory owned by that user and readable and writable
 by them (readable for ro), checked on the directory itself (O_NOFOLLOW,
 fstat) and mounted through that same descriptor; allow_other is granted to
 such a user only if /etc/fuse.conf has user_allow_other (or -o allow_other
-was given to perfused). Mounts show in /proc/mounts as fuse.perfuse with the
-daemon's fsname.
+was given to perfused). Mounts show in /proc/mounts with the daemon's fsname,
+as fuse.SUBTYPE when the daemon asked for a subtype (wrap mode; e.g.
+-o subtype=mine shows fuse.mine), else as fuse.perfuse.
 
 Signals:
   SIGUSR1         toggle tracing; turning it off dumps the trace of every
@@ -141,11 +152,11 @@ type flags struct {
 	wrap       []string // MOUNTPOINT COMMAND ARGS...
 }
 
-func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+func parseFlags(args []string, _ io.Writer) (*flags, error) {
 	fl := flag.NewFlagSet("perfused", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	// main prints the usage for -help itself (to stdout) and a one-line
-	// hint for errors: the flag package must not print it too.
+	// main prints the usage for -help itself (to stdout), and an error
+	// once with a one-line hint: the flag package must print neither.
+	fl.SetOutput(io.Discard)
 	fl.Usage = func() {}
 	f := &flags{}
 	fdStr := fl.String("i", "", "serve the mount on socket `fd`")

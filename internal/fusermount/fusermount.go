@@ -1,37 +1,39 @@
-// Package fusermount lets perfused's wrap mode run FUSE daemons that insist
-// on mounting a real mountpoint themselves (libfuse 2 daemons such as bindfs,
-// fuse-zip, fuse2fs, unionfs-fuse, which cannot take /dev/fd/N), handing them
-// perfused's socket instead of a /dev/fuse connection.
+// Package fusermount lets perfused's wrap mode run FUSE daemons that mount
+// a real mountpoint themselves instead of taking /dev/fd/3 (libfuse 2
+// daemons such as bindfs, fuse-zip, fuse2fs, unionfs-fuse; libfuse 3,
+// go-fuse and bazil.org/fuse daemons given a real mountpoint), handing
+// them perfused's socket instead of a /dev/fuse connection.
 //
 // How such a daemon gets its FUSE descriptor: libfuse first tries mount(2)
 // itself; when that fails with EPERM it runs /bin/fusermount (libfuse 3:
-// fusermount3) with _FUSE_COMMFD naming one end of a socketpair, and
-// fusermount mounts and sends the /dev/fuse descriptor back over that socket
-// with SCM_RIGHTS. perfused plays all the parts:
+// fusermount3; go-fuse and bazil run fusermount3 straight away) with
+// _FUSE_COMMFD naming one end of a socketpair, and fusermount mounts and
+// sends the /dev/fuse descriptor back over that socket with SCM_RIGHTS.
+// perfused plays all the parts:
 //
 //  1. It starts itself (EnvSetup set) as a helper, in a new mount namespace
-//     whose mounts are private (nothing perfused mounts later reaches it, so
-//     the daemon never sees the real mount, busy or otherwise).
+//     whose mounts are private (nothing perfused mounts later reaches it).
 //  2. The helper (Setup) bind-mounts its own executable over every
 //     fusermount and fusermount3 in that namespace and /dev/null over
-//     /dev/fuse, makes mount(2) fail with EPERM for the daemon (a seccomp
-//     filter), and execs the daemon with perfused's socket as fd 3 and
-//     EnvFD=3.
-//  3. The daemon's mount(2) fails with EPERM, so libfuse runs "fusermount";
-//     that is perfused again, which sees its name and EnvFD and acts as the
-//     stand-in (Standin): it sends a Hello record with its arguments (the
-//     daemon's mount options and mountpoint) on fd 3, passes fd 3 over
-//     _FUSE_COMMFD and exits 0. "fusermount -u" (libfuse's unmount at exit)
-//     does nothing and exits 0.
-//  4. perfused reads the Hello (ReadHello), then performs INIT and mounts the
-//     real mountpoint in its own namespace as in any wrap mount.
+//     /dev/fuse, makes mount(2) fail with EPERM and umount2(2) do nothing
+//     for the daemon (a seccomp filter), and execs the daemon. The
+//     mountpoint is left as it is: a daemon that checks it is not yet
+//     mounted (rclone) finds it so.
+//  3. The daemon runs "fusermount"; that is perfused again, which knows the
+//     part by its name alone, whatever environment and descriptors the
+//     daemon gave it (Standin). It sends its arguments (the daemon's mount
+//     options and mountpoint) to perfused over a private channel (see
+//     Listen), receives the relay's socket, passes it over _FUSE_COMMFD and
+//     exits 0. "fusermount -u" (the daemon's unmount at exit) does nothing.
+//  4. perfused applies the options (or refuses them, and the stand-in says
+//     why), performs INIT and mounts the real mountpoint in its own
+//     namespace as in any wrap mount.
 package fusermount
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,56 +41,59 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 	"unsafe"
 
-	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	// EnvFD names the descriptor (in the daemon and so in the stand-in)
-	// that is perfused's socket.
-	EnvFD = "PERFUSED_FUSERMOUNT_FD"
+	// EnvDaemon marks the wrapped daemon's environment (its value is the
+	// mountpoint), so that it and what it starts can be told apart.
+	EnvDaemon = "PERFUSED_WRAPPED"
 	// EnvSetup marks the namespace helper (Setup).
 	EnvSetup = "PERFUSED_FUSERMOUNT_SETUP"
 	// EnvTarget tells the helper the mountpoint.
 	EnvTarget = "PERFUSED_FUSERMOUNT_TARGET"
 	// CommFDEnv is how libfuse names its end of the descriptor socket.
 	CommFDEnv = "_FUSE_COMMFD"
-	// SocketFD is where the daemon gets perfused's socket.
+	// SocketFD is where a daemon given /dev/fd/3 gets perfused's socket.
 	SocketFD = 3
 )
 
-// helloMagic starts the record the stand-in sends perfused before anything
-// else on the socket. A FUSE reply could never start so: its first four
-// bytes are its length.
+// helloMagic starts the request the stand-in sends perfused.
 const helloMagic = "perfused-fusermount\x00"
 
 // Paths is where fusermount binaries may be; every one that exists is
 // replaced by the stand-in in the daemon's namespace. libfuse 2 runs
 // /bin/fusermount (then "fusermount" on PATH), libfuse 3 runs
 // /usr/bin/fusermount3, go-fuse looks fusermount3 then fusermount up on
-// PATH.
+// PATH, then in /bin; bazil.org/fuse runs fusermount3 from PATH.
 var Paths = []string{
 	"/bin/fusermount", "/usr/bin/fusermount", "/bin/fusermount3", "/usr/bin/fusermount3",
 	"/usr/local/bin/fusermount", "/usr/local/bin/fusermount3", "/sbin/fusermount", "/usr/sbin/fusermount",
 }
 
+// IsStandin reports whether a program run as argv0 is the stand-in: in the
+// daemon's namespace perfused's executable is run under fusermount's name,
+// and that name is all it can count on.
+func IsStandin(argv0 string) bool {
+	return strings.HasPrefix(filepath.Base(argv0), "fusermount")
+}
+
 // Run is called first thing in perfused's main with os.Args. It returns
 // false when perfused runs as itself. Otherwise it plays the part it was
-// started for and returns the exit status: the stand-in fusermount (its
-// name starts with "fusermount" and EnvFD is set), or the namespace helper
-// (EnvSetup=1), which only returns if it could not exec the daemon.
+// started for and returns the exit status: the stand-in fusermount (it is
+// run under that name), or the namespace helper (EnvSetup=1), which only
+// returns if it could not exec the daemon.
 func Run(args []string) (status int, ok bool) {
 	if os.Getenv(EnvSetup) == "1" {
 		err := Setup(args[1:])
 		fmt.Fprintln(os.Stderr, "perfused:", err)
 		return 127, true
 	}
-	if len(args) > 0 && strings.HasPrefix(filepath.Base(args[0]), "fusermount") && os.Getenv(EnvFD) != "" {
+	if len(args) > 0 && IsStandin(args[0]) {
 		if err := Standin(args[1:]); err != nil {
-			fmt.Fprintln(os.Stderr, "fusermount (perfused stand-in):", err)
+			fmt.Fprintln(os.Stderr, "fusermount (perfused's stand-in):", strings.TrimSpace(err.Error()))
 			return 1, true
 		}
 		return 0, true
@@ -96,16 +101,16 @@ func Run(args []string) (status int, ok bool) {
 	return 0, false
 }
 
-// Command returns the command that runs argv as a daemon handed sock through
-// the stand-in: self (perfused's executable) as the namespace helper in a
-// new private mount namespace, sock as its fd 3, target the mountpoint. The caller sets the
-// standard streams and starts it; Setpgid and Pdeathsig carry over to the
-// daemon, which the helper becomes by exec.
-func Command(self string, argv []string, sock *os.File, target string) *exec.Cmd {
+// Command returns the command that runs argv as a daemon whose fusermount
+// is the stand-in: self (perfused's executable) as the namespace helper in
+// a new private mount namespace, target the mountpoint. The caller sets the
+// standard streams, starts it, and then listens for the stand-in (Listen,
+// with the namespace of the started process); Setpgid and Pdeathsig carry
+// over to the daemon, which the helper becomes by exec.
+func Command(self string, argv []string, target string) *exec.Cmd {
 	cmd := exec.Command(self, argv...)
 	cmd.Args[0] = argv[0]
 	cmd.Env = append(os.Environ(), EnvSetup+"=1", EnvTarget+"="+target)
-	cmd.ExtraFiles = []*os.File{sock}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:      true,
 		Pdeathsig:    syscall.SIGTERM,
@@ -116,11 +121,8 @@ func Command(self string, argv []string, sock *os.File, target string) *exec.Cmd
 
 // Setup is the namespace helper: in its private mount namespace it puts
 // the stand-in in place of fusermount and /dev/null in place of /dev/fuse,
-// makes mount(2) fail with EPERM, and execs argv. It returns only on error.
-//
-// The mountpoint is bound onto itself there, so that what libfuse does at
-// exit as root, umount2(mountpoint, MNT_DETACH), finds a mount to remove
-// (that private one) instead of failing with a message.
+// makes mount(2) fail with EPERM and umount2(2) a no-op, and execs argv.
+// It returns only on error.
 func Setup(argv []string) error {
 	target := os.Getenv(EnvTarget)
 	os.Unsetenv(EnvSetup)
@@ -151,9 +153,6 @@ func Setup(argv []string) error {
 	if len(done) == 0 {
 		return fmt.Errorf("no fusermount found to stand in for (looked at %s); install fuse3", strings.Join(Paths, ", "))
 	}
-	if target != "" {
-		unix.Mount(target, target, "", unix.MS_BIND, "") // best effort: see above
-	}
 	if _, err := os.Stat("/dev/fuse"); err == nil {
 		if err := unix.Mount("/dev/null", "/dev/fuse", "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind /dev/null over /dev/fuse: %w", err)
@@ -163,7 +162,7 @@ func Setup(argv []string) error {
 	if err != nil {
 		return err
 	}
-	env := append(os.Environ(), EnvFD+"="+strconv.Itoa(SocketFD))
+	env := append(os.Environ(), EnvDaemon+"="+target)
 	runtime.LockOSThread()
 	if err := denyMount(); err != nil {
 		return err
@@ -182,13 +181,18 @@ var auditArch = map[string]uint32{
 	"loong64": unix.AUDIT_ARCH_LOONGARCH64,
 }
 
-// denyMount makes mount(2) (and the new mount API's fsopen and
-// move_mount) fail with EPERM in this process and whatever it execs, which
-// is what sends libfuse to fusermount. Every other call, privilege and
-// capability stays: the daemon behaves as it would as root. On an
-// architecture without a table entry CAP_SYS_ADMIN is dropped from the
-// bounding set instead (mount(2) then fails with EPERM too, but so do a few
-// other calls, e.g. setting trusted.* attributes).
+// denyMount makes mount(2) (and the new mount API's fsopen) fail with
+// EPERM in this process and whatever it execs, which is what sends libfuse
+// to fusermount, and makes umount2(2) succeed
+// without doing anything: libfuse unmounts its mountpoint itself at exit
+// as root, and in this namespace nothing is mounted there (perfused
+// removes the real mount). move_mount stays allowed: without fsopen or
+// mount(2) it can only move mounts about in this private namespace, and
+// the stand-in uses it for the placeholder (Placeholder). Every other call, privilege and capability
+// stays: the daemon behaves as it would as root. On an architecture
+// without a table entry CAP_SYS_ADMIN is dropped from the bounding set
+// instead (mount(2) then fails with EPERM too, but so do a few other
+// calls, e.g. setting trusted.* attributes).
 func denyMount() error {
 	arch, ok := auditArch[runtime.GOARCH]
 	if !ok {
@@ -197,17 +201,30 @@ func denyMount() error {
 		}
 		return nil
 	}
-	deny := unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
-	f := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 4}, // seccomp_data.arch
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, Jf: 0, K: arch},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 3, Jf: 0, K: unix.SYS_MOUNT},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, Jf: 0, K: unix.SYS_FSOPEN},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, Jf: 0, K: unix.SYS_MOVE_MOUNT},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-		{Code: unix.BPF_RET | unix.BPF_K, K: deny},
+	const (
+		allow = unix.SECCOMP_RET_ALLOW
+		deny  = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+		noop  = unix.SECCOMP_RET_ERRNO // errno 0: the call returns 0
+	)
+	ld := func(k uint32) unix.SockFilter {
+		return unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: k}
+	}
+	ret := func(k uint32) unix.SockFilter { return unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: k} }
+	// jeq jumps to the instruction ret(action) of the table at the end.
+	var f []unix.SockFilter
+	calls := []struct{ nr, action uint32 }{
+		{unix.SYS_MOUNT, deny}, {unix.SYS_FSOPEN, deny}, {unix.SYS_UMOUNT2, noop},
+	}
+	f = append(f, ld(4), unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: arch}, ret(allow), ld(0))
+	for i, c := range calls {
+		// After this jeq: the rest of the jeqs, ret(allow), then one
+		// ret per call in order.
+		skip := len(calls) - i - 1 + 1 + i
+		f = append(f, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: uint8(skip), K: c.nr})
+	}
+	f = append(f, ret(allow))
+	for _, c := range calls {
+		f = append(f, ret(c.action))
 	}
 	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
 	_, _, e := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
@@ -219,38 +236,32 @@ func denyMount() error {
 }
 
 // Standin is fusermount as the daemon runs it: args are its arguments
-// (without the program name). For a mount it sends the Hello record and
-// then the socket EnvFD names over _FUSE_COMMFD; "-u" (unmount) does
-// nothing: perfused owns the real mount and ends it.
+// (without the program name). For a mount it fetches the relay's socket
+// from perfused (fetch), sending it args, and passes it over
+// _FUSE_COMMFD; "-u" (unmount) does nothing: perfused owns the real mount
+// and ends it.
 func Standin(args []string) error {
 	for _, a := range args {
 		switch a {
-		case "-u":
+		case "-u", "--unmount":
 			return nil
 		case "-V", "--version":
-			fmt.Println("fusermount version: 2.9.9 (perfused stand-in)")
+			fmt.Println("fusermount3 version: 3.14.0 (perfused's stand-in)")
 			return nil
 		case "-h", "--help":
-			fmt.Println("perfused's stand-in fusermount: hands the daemon perfused's socket")
+			fmt.Println("perfused's stand-in fusermount: hands a wrapped daemon perfused's socket")
 			return nil
 		}
-	}
-	fd, err := strconv.Atoi(os.Getenv(EnvFD))
-	if err != nil || fd < 0 {
-		return fmt.Errorf("%s=%q: not a descriptor", EnvFD, os.Getenv(EnvFD))
 	}
 	commfd, err := strconv.Atoi(os.Getenv(CommFDEnv))
 	if err != nil || commfd < 0 {
 		return fmt.Errorf("%s=%q: not a descriptor (run by a FUSE library?)", CommFDEnv, os.Getenv(CommFDEnv))
 	}
-	if t, err := sock.Type(fd); err != nil {
-		return fmt.Errorf("fd %d is no longer perfused's socket (did the daemon close it?): %w", fd, err)
-	} else if t != unix.SOCK_SEQPACKET && t != unix.SOCK_DGRAM {
-		return fmt.Errorf("fd %d is not perfused's socket (type %d)", fd, t)
+	fd, err := fetch(args)
+	if err != nil {
+		return err
 	}
-	if err := sock.SendRecord(fd, Hello(args)); err != nil {
-		return fmt.Errorf("tell perfused: %w", err)
-	}
+	defer unix.Close(fd)
 	for {
 		err = unix.Sendmsg(commfd, []byte{0}, unix.UnixRights(fd), nil, 0)
 		if err != unix.EINTR {
@@ -318,37 +329,4 @@ func ParseHello(b []byte) (*Request, error) {
 	}
 	r.Options = strings.Join(opts, ",")
 	return r, nil
-}
-
-// ErrNoHello is returned by ReadHello when the daemon closed the socket (or
-// exited) without running fusermount.
-var ErrNoHello = errors.New("it closed its socket (or exited) without running fusermount")
-
-// ReadHello waits up to timeout for the stand-in's Hello on fd, perfused's
-// end of the socket.
-func ReadHello(fd int, timeout time.Duration) (*Request, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, fmt.Errorf("the daemon did not run fusermount within %v", timeout)
-		}
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(min(left, time.Second)/time.Millisecond)+1)
-		if err == unix.EINTR || (err == nil && n == 0) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("poll: %w", err)
-		}
-		break
-	}
-	buf := make([]byte, 64<<10)
-	n, _, err := sock.RecvRecord(fd, buf)
-	if errors.Is(err, io.EOF) {
-		return nil, ErrNoHello
-	}
-	if err != nil {
-		return nil, err
-	}
-	return ParseHello(buf[:n])
 }
