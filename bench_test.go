@@ -2,6 +2,7 @@ package perfuse
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 
@@ -52,29 +53,67 @@ func BenchmarkGetattr(b *testing.B) {
 	})
 }
 
-// BenchmarkRead128K reads 128 KiB per call from a go-fuse loopback daemon.
-func BenchmarkRead128K(b *testing.B) {
+// BenchmarkRead reads a file of the go-fuse loopback daemon, with
+// splicing off and on (go-fuse's default), 128 KiB and 1 MiB per call.
+// perfuse asks for at most 13 pages per READ, several in flight, so that a
+// spliced reply is one record; raw-client/128K is one 128 KiB READ per
+// call on a non-splicing daemon, what an uncapped client would send: the
+// ratio to perfuse/splice-off/128K is the cost of the cap.
+func BenchmarkRead(b *testing.B) {
 	dir := b.TempDir()
-	data := make([]byte, 128<<10)
+	data := make([]byte, 1<<20)
 	if err := os.WriteFile(dir+"/f", data, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	u := benchSession(b, gofusepeer.ServeLoopback(b, dir))
-	ctx := context.Background()
-	e, err := u.NodeLookup(ctx, nil, u.Root(), "f")
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := u.NodeOpen(ctx, nil, e.Node, os.O_RDONLY)
-	if err != nil {
-		b.Fatal(err)
-	}
-	buf := make([]byte, len(data))
-	b.SetBytes(int64(len(data)))
-	b.ResetTimer()
-	for range b.N {
-		if n, err := u.NodeRead(ctx, nil, h, buf, 0); err != nil || n != len(data) {
-			b.Fatal(n, err)
+	b.Run("raw-client/128K", func(b *testing.B) {
+		c := peerutil.NewClient(b, gofusepeer.ServeLoopback(b, dir))
+		c.Init(31, fuse.CAP_ASYNC_READ|fuse.CAP_BIG_WRITES|fuse.CAP_MAX_PAGES)
+		h, p := c.Call(uint32(OpLookup), RootID, []byte("f\x00"))
+		e, _ := peerutil.Decode[fuse.EntryOut](p)
+		if h.Status != 0 {
+			b.Fatal(h.Status)
+		}
+		h, p = c.Call(uint32(OpOpen), e.NodeId, peerutil.InPayload(&fuse.OpenIn{}))
+		o, _ := peerutil.Decode[fuse.OpenOut](p)
+		in := peerutil.InPayload(&fuse.ReadIn{Fh: o.Fh, Size: 128 << 10})
+		b.SetBytes(128 << 10)
+		b.ResetTimer()
+		for range b.N {
+			if h, p := c.Call(uint32(OpRead), e.NodeId, in); h.Status != 0 || len(p) != 128<<10 {
+				b.Fatal(h.Status, len(p))
+			}
+		}
+	})
+	for _, splice := range []bool{false, true} {
+		name := "splice-off"
+		if splice {
+			name = "splice-on"
+		}
+		for _, size := range []int{128 << 10, 1 << 20} {
+			b.Run(fmt.Sprintf("perfuse/%s/%dK", name, size>>10), func(b *testing.B) {
+				conn := gofusepeer.ServeLoopback(b, dir)
+				if splice {
+					conn = gofusepeer.ServeLoopbackSplicing(b, dir)
+				}
+				u := benchSession(b, conn)
+				ctx := context.Background()
+				e, err := u.NodeLookup(ctx, nil, u.Root(), "f")
+				if err != nil {
+					b.Fatal(err)
+				}
+				h, err := u.NodeOpen(ctx, nil, e.Node, os.O_RDONLY)
+				if err != nil {
+					b.Fatal(err)
+				}
+				buf := make([]byte, size)
+				b.SetBytes(int64(size))
+				b.ResetTimer()
+				for range b.N {
+					if n, err := u.NodeRead(ctx, nil, h, buf, 0); err != nil || n != size {
+						b.Fatal(n, err)
+					}
+				}
+			})
 		}
 	}
 }
