@@ -307,7 +307,13 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 	errs := make([]error, pieces)
 	slots := make(chan struct{}, readPiecesInFlight)
 	var wg sync.WaitGroup
-	for i := range pieces {
+	read := func(i int) {
+		start := i * piece
+		got[i], errs[i] = u.readChunk(ctx, cred, h, p[start:min(len(p), start+piece)], off+int64(start))
+	}
+	// The last piece is read by the caller's own goroutine, after the
+	// others are on their way.
+	for i := range pieces - 1 {
 		slots <- struct{}{}
 		if err := ctx.Err(); err != nil {
 			errs[i] = fmt.Errorf("perfuse: READ not sent: %w", ctxErrno(ctx))
@@ -316,10 +322,10 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			start := i * piece
-			got[i], errs[i] = u.readChunk(ctx, cred, h, p[start:min(len(p), start+piece)], off+int64(start))
+			read(i)
 		})
 	}
+	read(pieces - 1)
 	wg.Wait()
 	done := 0
 	for i := range pieces {

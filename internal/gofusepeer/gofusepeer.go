@@ -95,7 +95,13 @@ func ServeLoopbackSplicing(t testing.TB, dir string) *os.File {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serve(t, fs.NewNodeFS(root, &fs.Options{}), fuse.MountOptions{}, true)
+	return ServeRawSplicing(t, fs.NewNodeFS(root, &fs.Options{}))
+}
+
+// ServeRawSplicing serves raw at go-fuse's defaults, splicing included.
+func ServeRawSplicing(t testing.TB, raw fuse.RawFileSystem) *os.File {
+	t.Helper()
+	return serve(t, raw, fuse.MountOptions{}, true)
 }
 
 // ServeRaw serves raw with go-fuse's default mount options. It returns the

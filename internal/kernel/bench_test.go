@@ -18,7 +18,11 @@ import (
 // benchMount mounts a go-fuse loopback of a directory holding a 1 MiB
 // file, with no kernel caching of entries or attributes, either directly
 // or through the relay, and returns the file's path in the mount.
-func benchMount(b *testing.B, relay bool) string {
+func benchMount(b *testing.B, relay bool) string { return benchMountSplice(b, relay, false) }
+
+// benchMountSplice is benchMount with the daemon splicing its READ
+// replies (relay only: a direct mount never splices to a socket).
+func benchMountSplice(b *testing.B, relay, splice bool) string {
 	kerneltest.NeedMount(b)
 	backing := b.TempDir()
 	if err := os.WriteFile(filepath.Join(backing, "f"), make([]byte, 1<<20), 0o644); err != nil {
@@ -31,7 +35,11 @@ func benchMount(b *testing.B, relay bool) string {
 	zero := time.Duration(0)
 	raw := gofs.NewNodeFS(root, &gofs.Options{EntryTimeout: &zero, AttrTimeout: &zero})
 	if relay {
-		r := kerneltest.Mount(b, gofusepeer.ServeRaw(b, raw), kernel.Config{})
+		conn := gofusepeer.ServeRaw(b, raw)
+		if splice {
+			conn = gofusepeer.ServeRawSplicing(b, raw)
+		}
+		r := kerneltest.Mount(b, conn, kernel.Config{})
 		return filepath.Join(r.Dir, "f")
 	}
 	mnt := b.TempDir()
@@ -67,8 +75,8 @@ func benchStat(b *testing.B, relay bool) {
 	}
 }
 
-func benchRead(b *testing.B, relay bool) {
-	p := benchMount(b, relay)
+func benchRead(b *testing.B, relay, splice bool) {
+	p := benchMountSplice(b, relay, splice)
 	buf := make([]byte, 128<<10)
 	b.SetBytes(int64(len(buf)))
 	b.ResetTimer()
@@ -87,5 +95,9 @@ func benchRead(b *testing.B, relay bool) {
 
 func BenchmarkDirectFstat(b *testing.B) { benchStat(b, false) }
 func BenchmarkRelayFstat(b *testing.B)  { benchStat(b, true) }
-func BenchmarkDirectRead(b *testing.B)  { benchRead(b, false) }
-func BenchmarkRelayRead(b *testing.B)   { benchRead(b, true) }
+func BenchmarkDirectRead(b *testing.B)  { benchRead(b, false, false) }
+func BenchmarkRelayRead(b *testing.B)   { benchRead(b, true, false) }
+
+// BenchmarkRelayReadSplicing is BenchmarkRelayRead with a daemon that
+// splices its READ replies (go-fuse's default).
+func BenchmarkRelayReadSplicing(b *testing.B) { benchRead(b, true, true) }
