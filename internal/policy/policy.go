@@ -189,3 +189,24 @@ func Decide(mi *perfuse.MountInfo, admin Options, log *slog.Logger) (kernel.Conf
 		Dir:                dir,
 	}, dir, nil
 }
+
+// MountMax returns mount_max from FuseConf ("mount_max = N", as fusermount3
+// reads it), and whether it is set there.
+func MountMax() (int, bool) {
+	f, err := os.Open(FuseConf)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok || strings.TrimSpace(k) != "mount_max" {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
+			return n, true
+		}
+	}
+	return 0, false
+}
