@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/kernel"
@@ -117,7 +118,7 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 		return refuse(fmt.Errorf("too many FUSE mounts: %s (mount_max in %s, or perfused -mount-max): %w", why, policy.FuseConf, syscall.EUSERS))
 	}
 	defer d.owned.give(mi.UID)
-	cfg, dir, err := policy.Decide(mi, d.f.opts, d.log)
+	cfg, dir, err := policy.Decide(mi, peerGroups(sock, mi.UID), d.f.opts, d.log)
 	if err != nil {
 		return refuse(err)
 	}
@@ -180,6 +181,32 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 		}
 		return fmt.Errorf("%w (%v); %s unmounted", errDaemonGone, merr, mi.Target)
 	}
+}
+
+// peerGroups returns the supplementary groups of the process at the other
+// end of sock (SO_PEERGROUPS) if it is uid's, else none: the mountpoint is
+// then looked up with uid and gid alone, never more.
+func peerGroups(sock *os.File, uid uint32) []uint32 {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var groups []uint32
+	rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil || cred.Uid != uid {
+			return
+		}
+		// A peer with more groups (ERANGE) gets none: fewer rights, never more.
+		buf := make([]uint32, 4096)
+		n := uint32(len(buf) * 4)
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if e == 0 {
+			groups = buf[:n/4]
+		}
+	})
+	return groups
 }
 
 func (d *daemon) add(mt *mount) bool {

@@ -250,6 +250,10 @@ func main() {
 	if status, ok := fusermount.Run(os.Args); ok {
 		os.Exit(status)
 	}
+	// And the helper that looks a user's mountpoint up as that user.
+	if status, ok := policy.RunHelper(os.Args); ok {
+		os.Exit(status)
+	}
 	// go-fuse logs through the standard log package; keep it on stderr
 	// with our prefix. perfuse logs through slog.
 	log.SetFlags(0)
