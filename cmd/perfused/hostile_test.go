@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/fakepeer"
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
+	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
 )
 
@@ -164,5 +170,110 @@ func TestIdleConnectionsPinNoThreads(t *testing.T) {
 	}
 	if bytes.Contains([]byte(pd.out.String()), []byte("fatal error")) {
 		t.Errorf("perfused crashed:\n%s", pd.out)
+	}
+}
+
+// stuckDaemon connects to the perfused at sockPath, asks for a mount at
+// target, answers INIT, and then never reads again: the daemon of the
+// SIGTERM test. It returns the daemon's socket.
+func stuckDaemon(t *testing.T, sockPath, target string) *os.File {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "stuck-daemon")
+	t.Cleanup(func() { f.Close() })
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sockPath}); err != nil {
+		t.Fatal(err)
+	}
+	if err := perfuse.Mount("stuck", target, "fuse.stuck", 0, fmt.Sprintf("fd=%d", fd)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	n, _, err := sock.RecvRecord(fd, buf)
+	if err != nil || n < 40 || binary.NativeEndian.Uint32(buf[4:]) != 26 {
+		t.Fatalf("want INIT from perfused, got %d bytes, %v", n, err)
+	}
+	out := fuse.InitOut{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, MaxWrite: 128 << 10, TimeGran: 1}
+	reply := fakepeer.ReplyFrame(binary.NativeEndian.Uint64(buf[8:]), 0, fakepeer.InitOutBytes(out))
+	if err := sock.SendRecord(fd, reply); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// procState is the state letter of /proc/PID/stat ("" once gone).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) {
+		return string(b[i+2])
+	}
+	return ""
+}
+
+// Issue 7 item 3: with a process stuck in a mount whose daemon stopped
+// reading, SIGTERM still ends perfused within the grace plus a bound: the
+// mount's own connection is aborted, the stuck process gets an error, the
+// mount is gone and the daemon's socket is closed.
+func TestSigtermAbortsStuckMount(t *testing.T) {
+	kerneltest.NeedMount(t)
+	shared := sharedDir(t)
+	pd, sockPath := startListening(t, shared, "-grace", "1s")
+	target := t.TempDir()
+	detachAtCleanup(t, target)
+	daemon := stuckDaemon(t, sockPath, target)
+	waitMounted(t, target, pd)
+
+	stuck := exec.Command("stat", filepath.Join(target, "x"))
+	var out bytes.Buffer
+	stuck.Stdout, stuck.Stderr = &out, &out
+	if err := stuck.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- stuck.Wait() }()
+	t.Cleanup(func() { stuck.Process.Kill() })
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-exited:
+		t.Fatalf("stat returned (%v) though the daemon reads nothing: %s", err, out.String())
+	default:
+	}
+	t.Logf("stat is stuck in state %s", procState(stuck.Process.Pid))
+
+	signalled := time.Now()
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pd.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("perfused still running 15s after SIGTERM (grace 1s); stat is in state %s", procState(stuck.Process.Pid))
+	}
+	t.Logf("perfused exited %v after SIGTERM (%v)", time.Since(signalled), pd.err)
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("stat in the aborted mount succeeded: %s", out.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("stat still blocked (state %s) 5s after perfused exited", procState(stuck.Process.Pid))
+	}
+	if kerneltest.Mounted(target) {
+		t.Errorf("%s still mounted after perfused exited", target)
+	}
+	// The daemon's socket is closed: it sees the end of the stream.
+	daemon.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := daemon.Read(buf)
+		if n == 0 || err != nil {
+			break
+		}
+	}
+	if !strings.Contains(pd.out.String(), "aborting") {
+		t.Errorf("perfused did not say it aborted the stuck mount:\n%s", pd.out)
 	}
 }

@@ -386,6 +386,15 @@ func (m *Mounter) Abort() {
 		m.Logger.Warn("perfuse: no fusectl entry of our own to abort the connection with", "target", m.Target())
 	}
 	m.unmount(true)
+	// The relay's own exchanges with the daemon are stuck too, and the
+	// kernel connection ends only once they return: the session goes now,
+	// with no DESTROY awaited, which fails them.
+	m.mu.Lock()
+	u := m.u
+	m.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	u.Unmount(ctx)
 }
 
 // unmount removes the kernel mount: a plain unmount first, a lazy one if
