@@ -294,6 +294,12 @@ func Mount(source, target, fstype string, flags uintptr, data string) error {
 		return err
 	}
 	if err := sock.SendRecord(fd, frame); err != nil {
+		// A relay that refused the connection before the frame came has
+		// closed it, leaving its reason behind.
+		buf := make([]byte, maxMountStatusSize+1)
+		if n, _, rerr := recvRecord(fd, buf, unix.MSG_DONTWAIT); rerr == nil && IsMountStatus(buf[:n]) {
+			return DecodeMountStatus(buf[:n])
+		}
 		return fmt.Errorf("perfuse: mount: send to fd %d: %w", fd, err)
 	}
 	return awaitMountAnswer(fd, MountAnswerWait)
@@ -425,7 +431,7 @@ func awaitMountAnswer(fd int, wait time.Duration) error {
 	var n, rflags int
 	var rerr error
 	peek := func(fd uintptr) bool {
-		n, _, rflags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_PEEK)
+		n, rflags, rerr = recvRecord(int(fd), buf, unix.MSG_PEEK)
 		return rerr != unix.EAGAIN && rerr != unix.EINTR
 	}
 	if err := rc.Read(peek); err != nil {
@@ -446,4 +452,17 @@ func awaitMountAnswer(fd int, wait time.Duration) error {
 	}
 	rc.Control(func(fd uintptr) { unix.Recvmsg(int(fd), make([]byte, 1), nil, unix.MSG_DONTWAIT) })
 	return DecodeMountStatus(buf[:n])
+}
+
+// recvRecord is one recvmsg, past a pending ECONNRESET: a relay that
+// closes with our frame unread leaves that error ahead of its status
+// record, and the kernel reports (and clears) it first.
+func recvRecord(fd int, buf []byte, flags int) (n, rflags int, err error) {
+	for range 2 {
+		n, _, rflags, _, err = unix.Recvmsg(fd, buf, nil, flags)
+		if err != unix.ECONNRESET {
+			break
+		}
+	}
+	return n, rflags, err
 }

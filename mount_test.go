@@ -502,3 +502,41 @@ func TestMountStatusRoundTripAndRejects(t *testing.T) {
 		}
 	}
 }
+
+// A relay that refuses the connection before the frame is sent (over its
+// limits) has closed it: Mount still returns the reason it left.
+func TestMountRefusedBeforeTheFrame(t *testing.T) {
+	ours, theirs, _, err := sock.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	sock.SendRecord(int(theirs.Fd()), EncodeMountStatus(fmt.Errorf("too many connections: %w", syscall.EAGAIN)))
+	theirs.Close()
+	err = Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd()))
+	if !errors.Is(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "too many connections") {
+		t.Errorf("Mount = %v, want the relay's EAGAIN and reason", err)
+	}
+}
+
+// A relay that refuses and closes with the frame unread leaves ECONNRESET
+// ahead of its status record: Mount still returns the reason.
+func TestMountRefusedWithFrameUnread(t *testing.T) {
+	for range 20 {
+		ours, theirs, _, err := sock.Pair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var b [1]byte
+			unix.Recvfrom(int(theirs.Fd()), b[:], unix.MSG_PEEK) // the frame is there
+			sock.SendRecord(int(theirs.Fd()), EncodeMountStatus(fmt.Errorf("no: %w", syscall.EUSERS)))
+			theirs.Close()
+		}()
+		err = Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd()))
+		ours.Close()
+		if !errors.Is(err, syscall.EUSERS) {
+			t.Fatalf("Mount = %v, want the relay's EUSERS", err)
+		}
+	}
+}

@@ -402,39 +402,45 @@ func traceName(target string) string {
 
 func tracePath(dir, target string) string { return filepath.Join(dir, traceName(target)) }
 
-// dumpTrace writes a mount's trace into the dump directory, which must be
-// ours and writable by nobody else (so nobody else can plant a name in
-// it), as a new file: O_EXCL|O_NOFOLLOW, after removing our previous dump.
 func (d *daemon) dumpTrace(mt *mount) (string, error) {
-	dir := d.traceDir()
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	f, err := createDump(d.traceDir(), mt.m.Target())
 	if err != nil {
-		return "", fmt.Errorf("trace directory %s: %w", dir, err)
+		return "", err
 	}
-	defer unix.Close(dfd)
-	var st unix.Stat_t
-	if err := unix.Fstat(dfd, &st); err != nil {
-		return "", fmt.Errorf("trace directory %s: %w", dir, err)
-	}
-	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
-		return "", fmt.Errorf("trace directory %s is owned by uid %d with mode %o; it must be perfused's own and writable by nobody else: %w",
-			dir, st.Uid, st.Mode&0o7777, syscall.EPERM)
-	}
-	name := traceName(mt.m.Target())
-	if len(name) > 255 {
-		return "", fmt.Errorf("trace file name for %s longer than 255 bytes: %w", mt.m.Target(), syscall.ENAMETOOLONG)
-	}
-	if err := unix.Unlinkat(dfd, name, 0); err != nil && err != unix.ENOENT {
-		return "", fmt.Errorf("trace dump %s: %w", name, err)
-	}
-	fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("trace dump %s: %w", name, err)
-	}
-	f := os.NewFile(uintptr(fd), filepath.Join(dir, name))
 	if err := mt.u.TraceDump(f); err != nil {
 		f.Close()
 		return "", err
 	}
 	return f.Name(), f.Close()
+}
+
+// createDump creates target's dump file in dir, which must be ours and
+// writable by nobody else (so nobody else can plant a name in it), as a
+// new file: O_EXCL|O_NOFOLLOW, after removing our previous dump.
+func createDump(dir, target string) (*os.File, error) {
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("trace directory %s: %w", dir, err)
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(dfd, &st); err != nil {
+		return nil, fmt.Errorf("trace directory %s: %w", dir, err)
+	}
+	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
+		return nil, fmt.Errorf("trace directory %s is owned by uid %d with mode %o; it must be perfused's own and writable by nobody else: %w",
+			dir, st.Uid, st.Mode&0o7777, syscall.EPERM)
+	}
+	name := traceName(target)
+	if len(name) > 255 {
+		return nil, fmt.Errorf("trace file name for %s longer than 255 bytes: %w", target, syscall.ENAMETOOLONG)
+	}
+	if err := unix.Unlinkat(dfd, name, 0); err != nil && err != unix.ENOENT {
+		return nil, fmt.Errorf("trace dump %s: %w", name, err)
+	}
+	fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("trace dump %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir, name)), nil
 }

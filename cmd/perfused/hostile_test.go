@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -48,6 +49,43 @@ func idleClient() int {
 		fds = append(fds, fd)
 	}
 	fmt.Printf("connected %d\n", len(fds))
+	time.Sleep(time.Minute)
+	return 0
+}
+
+// initSilentClient is the "initsilent" role: $PERFUSED_TEST_IDLE times, it
+// connects to $PERFUSE_SOCKET and sends a mount frame for
+// $PERFUSED_TEST_TARGET, then never answers INIT. It says how many mounts
+// perfused went on with and how many it refused, and holds on until
+// killed.
+func initSilentClient() int {
+	n, _ := strconv.Atoi(os.Getenv("PERFUSED_TEST_IDLE"))
+	path, target := os.Getenv("PERFUSE_SOCKET"), os.Getenv("PERFUSED_TEST_TARGET")
+	accepted, refused := 0, map[string]int{}
+	var keep []int
+	for range n {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			fmt.Println("socket:", err)
+			return 1
+		}
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			fmt.Println("connect:", err)
+			return 1
+		}
+		keep = append(keep, fd)
+		if err := perfuse.Mount("silent", target, "fuse.silent", 0, fmt.Sprintf("fd=%d", fd)); err != nil {
+			var r *perfuse.MountRefusedError
+			if !errors.As(err, &r) {
+				fmt.Println("mount:", err)
+				return 1
+			}
+			refused[r.Errno.Error()]++
+			continue
+		}
+		accepted++
+	}
+	fmt.Printf("accepted %d refused %v\n", accepted, refused)
 	time.Sleep(time.Minute)
 	return 0
 }
@@ -275,5 +313,61 @@ func TestSigtermAbortsStuckMount(t *testing.T) {
 	}
 	if !strings.Contains(pd.out.String(), "aborting") {
 		t.Errorf("perfused did not say it aborted the stuck mount:\n%s", pd.out)
+	}
+}
+
+// Connections that send a mount frame and never answer INIT: only
+// -max-pending-user of one user's are taken on at a time (the others are
+// refused, and told so), each for the INIT window at most, and another
+// user's mount is served meanwhile.
+func TestInitSilentConnectionsBounded(t *testing.T) {
+	kerneltest.NeedMount(t)
+	const conns = 200
+	shared := sharedDir(t)
+	pd, sockPath := startListening(t, shared)
+	exe := userExe(t, shared)
+	pid := pd.cmd.Process.Pid
+	_, silentTarget := userMountDirs(t, shared, nobody, "silent")
+	attacker := startExe(t, exe, "initsilent", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_TARGET=" + silentTarget,
+		"PERFUSED_TEST_IDLE=" + strconv.Itoa(conns)}, userCred(nobody))
+	t.Cleanup(func() { attacker.cmd.Process.Kill() })
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(attacker.out.String(), "accepted") {
+		select {
+		case <-attacker.done:
+			t.Fatalf("attacker exited: %v\n%s", attacker.err, attacker.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("attacker still connecting after 30s:\n%s", attacker.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var accepted int
+	fmt.Sscanf(attacker.out.String(), "accepted %d", &accepted)
+	fds := fdCount(pid)
+	t.Logf("%d connections sending a frame and no INIT: %s; perfused holds %d fds, %d threads", conns, strings.TrimSpace(attacker.out.String()), fds, procStatus(pid, "Threads"))
+	if accepted > defaultPendingPerUser || !strings.Contains(attacker.out.String(), "resource temporarily unavailable") {
+		t.Errorf("perfused took on %d silent mounts of one user, want at most %d and the rest refused with EAGAIN", accepted, defaultPendingPerUser)
+	}
+	if fds > 4*defaultPendingPerUser+40 {
+		t.Errorf("perfused holds %d descriptors for %d silent connections", fds, conns)
+	}
+	backing, target := userMountDirs(t, shared, victim, "victim")
+	d := startExe(t, exe, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing, "PERFUSED_TEST_TARGET=" + target}, userCred(victim))
+	waitMounted(t, target, d, pd)
+	if out, err := runAs(victim, "cat", filepath.Join(target, "hello.txt")); err != nil || out != "hello from victim\n" {
+		t.Errorf("uid %d reading its mount: %q, %v", victim, out, err)
+	}
+	if kerneltest.Mounted(silentTarget) {
+		t.Errorf("a mount without INIT was made at %s", silentTarget)
+	}
+	attacker.cmd.Process.Kill()
+	<-attacker.done
+	unix.Unmount(target, 0)
+	d.wait(t, 10*time.Second)
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	if err := pd.wait(t, 20*time.Second); err != nil {
+		t.Errorf("perfused after SIGTERM: %v", err)
 	}
 }
