@@ -157,8 +157,11 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 	mt := &mount{u: u, m: m}
 	if !d.add(mt) {
 		m.Abort()
-		<-m.Done()
-		return errors.New("perfused is stopping")
+		select {
+		case <-m.Done():
+		case <-time.After(abortWait):
+		}
+		return errStopping
 	}
 	defer d.remove(mt)
 	// dir stays open while mounted: the unmount goes through it.

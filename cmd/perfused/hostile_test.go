@@ -371,3 +371,21 @@ func TestInitSilentConnectionsBounded(t *testing.T) {
 		t.Errorf("perfused after SIGTERM: %v", err)
 	}
 }
+
+// perfused -i answers a refused mount frame too: perfuse.Mount in the
+// daemon returns the reason instead of nil.
+func TestInheritedModeRefusalReachesDaemon(t *testing.T) {
+	kerneltest.NeedMount(t)
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, "daemon", []string{"PERFUSED_TEST_BACKING=" + t.TempDir(), "PERFUSED_TEST_TARGET=" + file,
+		"PERFUSE_SOCKET=" + filepath.Join(t.TempDir(), "nobody-listens")}, nil)
+	if err := d.wait(t, 15*time.Second); err == nil {
+		t.Fatal("the daemon's mount on a file was not refused")
+	}
+	if out := d.out.String(); !strings.Contains(out, "helper daemon: perfuse: mount refused by perfused") || !strings.Contains(out, "not a directory") {
+		t.Errorf("perfuse.Mount did not return perfused's reason:\n%s", out)
+	}
+}

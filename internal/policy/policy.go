@@ -57,7 +57,9 @@ func OpenMountpointAs(target string, o Owner, ro bool) (*os.File, error) {
 	if !strings.HasPrefix(target, "/") {
 		return nil, fmt.Errorf("mountpoint %q is not an absolute path: %w", target, syscall.EINVAL)
 	}
-	if o.UID == 0 {
+	if o.UID == 0 || os.Geteuid() != 0 {
+		// Root's own mount, or a perfused that is not root (perfused -i
+		// started by the user): our rights are the owner's or more trusted.
 		fd, err := unix.Open(target, openFlags, 0)
 		if err != nil {
 			return nil, fmt.Errorf("mountpoint %s: %w", target, err)
@@ -67,6 +69,12 @@ func OpenMountpointAs(target string, o Owner, ro bool) (*os.File, error) {
 		if err := unix.Fstat(fd, &st); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+		}
+		if o.UID != 0 {
+			if err := checkUserDir(f, target, o.UID, ro); err != nil {
+				f.Close()
+				return nil, err
+			}
 		}
 		return f, nil
 	}
