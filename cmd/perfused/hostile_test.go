@@ -389,3 +389,54 @@ func TestInheritedModeRefusalReachesDaemon(t *testing.T) {
 		t.Errorf("perfuse.Mount did not return perfused's reason:\n%s", out)
 	}
 }
+
+// Mounts are limited per user and in total (-mount-max-user, -mount-max);
+// the refused daemon is told why, and root is never refused.
+func TestMountLimits(t *testing.T) {
+	kerneltest.NeedMount(t)
+	shared := sharedDir(t)
+	pd, sockPath := startListening(t, shared, "-mount-max-user", "2", "-mount-max", "3")
+	exe := userExe(t, shared)
+	mountAs := func(uid int, tag string) (*proc, string) {
+		backing, target := userMountDirs(t, shared, uid, tag)
+		return startExe(t, exe, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing,
+			"PERFUSED_TEST_TARGET=" + target}, userCred(uid)), target
+	}
+	var targets []string
+	for _, m := range []struct {
+		uid int
+		tag string
+	}{{nobody, "a1"}, {nobody, "a2"}, {victim, "b1"}} {
+		d, target := mountAs(m.uid, m.tag)
+		waitMounted(t, target, d, pd)
+		targets = append(targets, target)
+	}
+	for _, c := range []struct {
+		uid       int
+		tag, want string
+	}{{nobody, "a3", "limit of 2 for uid 65534"}, {victim, "b2", "limit of 3 in total"}} {
+		d, target := mountAs(c.uid, c.tag)
+		if err := d.wait(t, 15*time.Second); err == nil {
+			t.Errorf("uid %d's mount %s was not refused", c.uid, c.tag)
+		}
+		if out := d.out.String(); !strings.Contains(out, c.want) || !strings.Contains(out, "too many users") {
+			t.Errorf("uid %d's refused daemon was not told %q (EUSERS):\n%s", c.uid, c.want, out)
+		}
+		if kerneltest.Mounted(target) {
+			t.Errorf("%s mounted past the limit", target)
+		}
+	}
+	// Root is counted but never refused.
+	backing, target := t.TempDir(), t.TempDir()
+	writeTree(t, backing, "root")
+	detachAtCleanup(t, target)
+	root := start(t, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing, "PERFUSED_TEST_TARGET=" + target}, nil)
+	waitMounted(t, target, root, pd)
+	for _, dir := range append(targets, target) {
+		unix.Unmount(dir, 0)
+	}
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	if err := pd.wait(t, 20*time.Second); err != nil {
+		t.Errorf("perfused after SIGTERM: %v", err)
+	}
+}

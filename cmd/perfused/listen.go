@@ -246,11 +246,11 @@ func (c *counter) take(uid uint32, total, perUser int) string {
 		c.byUID = map[uint32]int{}
 	}
 	if uid != 0 {
-		if total > 0 && c.total >= total {
-			return fmt.Sprintf("limit of %d in total reached", total)
-		}
 		if perUser > 0 && c.byUID[uid] >= perUser {
 			return fmt.Sprintf("limit of %d for uid %d reached", perUser, uid)
+		}
+		if total > 0 && c.total >= total {
+			return fmt.Sprintf("limit of %d in total reached", total)
 		}
 	}
 	c.total++
