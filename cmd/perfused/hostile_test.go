@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/fakepeer"
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
+	"github.com/perfuse-go/perfuse/internal/peerutil"
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
 )
@@ -438,5 +440,56 @@ func TestMountLimits(t *testing.T) {
 	pd.cmd.Process.Signal(syscall.SIGTERM)
 	if err := pd.wait(t, 20*time.Second); err != nil {
 		t.Errorf("perfused after SIGTERM: %v", err)
+	}
+}
+
+// Socket activation: perfused serves the socket systemd passes as fd 3,
+// whose unit sets its mode and group, and leaves it in place at exit.
+func TestSocketActivation(t *testing.T) {
+	kerneltest.NeedMount(t)
+	sockPath := filepath.Join(t.TempDir(), "activated.sock")
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sockPath, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	lf, err := l.File()
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(sockPath, 0o660)
+	exe, _ := os.Executable()
+	pd := &proc{out: &peerutil.LockedBuffer{}, done: make(chan struct{})}
+	// systemd sets LISTEN_PID to the service's pid: the shell's, which exec
+	// makes perfused's.
+	pd.cmd = exec.Command("sh", "-c", `LISTEN_PID=$$ exec "$0" -f`, exe)
+	pd.cmd.Env = append(os.Environ(), "PERFUSED_TEST_ROLE=perfused", "LISTEN_FDS=1")
+	pd.cmd.ExtraFiles = []*os.File{lf}
+	pd.cmd.Stdout, pd.cmd.Stderr = pd.out, pd.out
+	pd.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := pd.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lf.Close()
+	go func() { pd.err = pd.cmd.Wait(); close(pd.done) }()
+	t.Cleanup(func() { pd.cmd.Process.Kill(); <-pd.done })
+
+	backing, target := t.TempDir(), t.TempDir()
+	writeTree(t, backing, "activated")
+	detachAtCleanup(t, target)
+	d := start(t, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing, "PERFUSED_TEST_TARGET=" + target}, nil)
+	waitMounted(t, target, d, pd)
+	if b, err := os.ReadFile(filepath.Join(target, "hello.txt")); err != nil || string(b) != "hello from activated\n" {
+		t.Errorf("read through the mount: %q, %v", b, err)
+	}
+	unix.Unmount(target, 0)
+	d.wait(t, 10*time.Second)
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	if err := pd.wait(t, 20*time.Second); err != nil {
+		t.Errorf("perfused after SIGTERM: %v\n%s", err, pd.out)
+	}
+	if st, err := os.Stat(sockPath); err != nil || st.Mode().Perm() != 0o660 {
+		t.Errorf("the activated socket after exit: %v, %v; want it left as the unit made it (0660)", st, err)
 	}
 }

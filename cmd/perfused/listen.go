@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -53,13 +54,51 @@ func listen(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// activated returns the listening socket systemd passed (socket
+// activation: LISTEN_PID is us, LISTEN_FDS is 1, the socket is fd 3), or
+// nil. Its unit decides its path, owner and mode (SocketMode=,
+// SocketGroup=), and it is left in place at exit.
+func activated() (*net.UnixListener, error) {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") == "" {
+		return nil, nil
+	}
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
+		os.Unsetenv(v) // not for the daemons we start
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("socket activation: LISTEN_FDS=%d, want one socket", n)
+	}
+	f := os.NewFile(3, "systemd-socket")
+	defer f.Close()
+	syscall.CloseOnExec(3)
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("socket activation: %w", err)
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok || ul.Addr().Network() != "unixpacket" {
+		ln.Close()
+		return nil, fmt.Errorf("socket activation: fd 3 is not a SEQPACKET unix socket (ListenSequentialPacket=)")
+	}
+	ul.SetUnlinkOnClose(false)
+	return ul, nil
+}
+
 // listenAndServe is listening mode: one mount per connection, many at
 // once, until SIGINT/SIGTERM.
 func (d *daemon) listenAndServe(flagPath string) error {
 	path := socketPath(flagPath)
-	l, err := listen(path)
-	if err != nil {
+	l, err := activated()
+	switch {
+	case err != nil:
 		return err
+	case l != nil:
+		path = l.Addr().String() + " (systemd)"
+	default:
+		if l, err = listen(path); err != nil {
+			return err
+		}
 	}
 	var once sync.Once
 	d.mu.Lock()
