@@ -46,7 +46,10 @@ Modes:
            serve one mount per connection, any number at once, each owned by
            the connecting process's user (SO_PEERCRED). perfuse.Open connects
            here when the socket exists. perfused does not fork: run it under
-           a service manager, or in the background.
+           a service manager, or in the background. Under systemd socket
+           activation (ListenSequentialPacket=) it serves the socket the unit
+           passes, with the unit's SocketMode= and SocketGroup=: restrict who
+           may mount there (SECURITY.md).
 
   MOUNTPOINT -- COMMAND [ARGS...]
            Wrap an unmodified FUSE daemon (libfuse 3, go-fuse): start COMMAND
