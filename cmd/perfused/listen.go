@@ -177,14 +177,14 @@ func (d *daemon) serveConn(f *os.File, uid uint32) {
 	// for ever, nor keep perfused from exiting.
 	if err := d.awaitFrame(f); err != nil {
 		f.Close()
-		d.refusals.log(d.log, fmt.Sprint("uid ", uid), "perfused: no mount request", "uid", uid, "err", err)
+		d.refusals.log(d.log, fmt.Sprint("noframe ", uid), "perfused: no mount request", "uid", uid, "err", err)
 		return
 	}
 	mi, err := perfuse.ReadMountFrame(f)
 	if err != nil {
 		sendStatus(f, err)
 		f.Close()
-		d.refusals.log(d.log, fmt.Sprint("uid ", uid), "perfused: bad mount request", "uid", uid, "err", err)
+		d.refusals.log(d.log, fmt.Sprint("badframe ", uid), "perfused: bad mount request", "uid", uid, "err", err)
 		return
 	}
 	d.log.Debug("perfused: mount request", "target", mi.Target, "source", mi.Source, "uid", mi.UID, "pid", mi.PID)
@@ -194,11 +194,11 @@ func (d *daemon) serveConn(f *os.File, uid uint32) {
 	case err == nil:
 		d.log.Info("perfused: unmounted", "target", mi.Target)
 	case errors.As(err, &refused):
-		d.refusals.log(d.log, fmt.Sprint("uid ", mi.UID), "perfused: mount refused", "target", mi.Target, "uid", mi.UID, "pid", mi.PID, "err", err)
+		d.refusals.log(d.log, fmt.Sprint("refused ", mi.UID), "perfused: mount refused", "target", mi.Target, "uid", mi.UID, "pid", mi.PID, "err", err)
 	case errors.Is(err, errDaemonGone):
 		d.log.Warn("perfused: "+err.Error(), "target", mi.Target)
 	default:
-		d.refusals.log(d.log, fmt.Sprint("uid ", mi.UID), "perfused: mount failed", "target", mi.Target, "uid", mi.UID, "err", err)
+		d.refusals.log(d.log, fmt.Sprint("failed ", mi.UID), "perfused: mount failed", "target", mi.Target, "uid", mi.UID, "err", err)
 	}
 }
 
