@@ -118,7 +118,7 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 		return refuse(fmt.Errorf("too many FUSE mounts: %s (mount_max in %s, or perfused -mount-max): %w", why, policy.FuseConf, syscall.EUSERS))
 	}
 	defer d.owned.give(mi.UID)
-	cfg, dir, err := policy.Decide(mi, peerGroups(sock, mi.UID), d.f.opts, d.log)
+	cfg, dir, err := policy.Decide(d.ctx, mi, peerGroups(sock, mi.UID), d.f.opts, d.log)
 	if err != nil {
 		return refuse(err)
 	}
@@ -246,7 +246,7 @@ func (d *daemon) serveFd(fd int) error {
 	}
 	syscall.CloseOnExec(fd)
 	f := os.NewFile(uintptr(fd), "fuse-socket")
-	if err := d.awaitFrame(f); err != nil {
+	if err := d.awaitFrame(f, inheritedFrameWait); err != nil {
 		f.Close()
 		return err
 	}
@@ -263,13 +263,13 @@ func (d *daemon) serveFd(fd int) error {
 }
 
 // awaitFrame is awaitFrame for a connection that stop may cut short.
-func (d *daemon) awaitFrame(f *os.File) error {
+func (d *daemon) awaitFrame(f *os.File, wait time.Duration) error {
 	defer func() {
 		d.mu.Lock()
 		delete(d.waiting, f)
 		d.mu.Unlock()
 	}()
-	return awaitFrame(f, frameWait, func() bool {
+	return awaitFrame(f, wait, func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.waiting[f] = true

@@ -493,3 +493,40 @@ func TestSocketActivation(t *testing.T) {
 		t.Errorf("the activated socket after exit: %v, %v; want it left as the unit made it (0660)", st, err)
 	}
 }
+
+// A user asks perfused for a read-only mount on their own process's
+// /proc/PID and /proc/PID/fd (theirs, and readable): refused for the file
+// system type, and the daemon is told.
+func TestUserMountOnProcRefused(t *testing.T) {
+	kerneltest.NeedMount(t)
+	shared := sharedDir(t)
+	pd, sockPath := startListening(t, shared)
+	exe := userExe(t, shared)
+	sleeper := exec.Command("sleep", "60")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Credential: userCred(nobody)}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	backing := t.TempDir()
+	os.Chmod(backing, 0o755)
+	for _, target := range []string{fmt.Sprintf("/proc/%d", sleeper.Process.Pid), fmt.Sprintf("/proc/%d/fd", sleeper.Process.Pid)} {
+		d := startExe(t, exe, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing,
+			"PERFUSED_TEST_TARGET=" + target, "PERFUSED_TEST_RO=1"}, userCred(nobody))
+		if err := d.wait(t, 15*time.Second); err == nil {
+			t.Errorf("a mount on %s was served", target)
+		}
+		if out := d.out.String(); !strings.Contains(out, "file system type 0x9fa0 is forbidden") {
+			t.Errorf("the daemon asking for %s was not told why it was refused:\n%s", target, out)
+		}
+		if kerneltest.Mounted(target) {
+			unix.Unmount(target, unix.MNT_DETACH)
+			t.Errorf("%s mounted", target)
+		}
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/status", sleeper.Process.Pid)); err != nil {
+		t.Errorf("root cannot see the process any more: %v", err)
+	}
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	pd.wait(t, 20*time.Second)
+}

@@ -175,7 +175,7 @@ func (d *daemon) serveConn(f *os.File, uid uint32) {
 	defer admitted()
 	// A client that connects and says nothing must not hold a descriptor
 	// for ever, nor keep perfused from exiting.
-	if err := d.awaitFrame(f); err != nil {
+	if err := d.awaitFrame(f, frameWait); err != nil {
 		f.Close()
 		d.refusals.log(d.log, fmt.Sprint("noframe ", uid), "perfused: no mount request", "uid", uid, "err", err)
 		return
@@ -203,8 +203,12 @@ func (d *daemon) serveConn(f *os.File, uid uint32) {
 }
 
 // frameWait bounds how long a new connection may take to send its mount
-// frame.
-const frameWait = 10 * time.Second
+// frame. In -i mode the peer is the process that started perfused, which
+// may open the socket well before it mounts: it gets inheritedFrameWait.
+const (
+	frameWait          = 10 * time.Second
+	inheritedFrameWait = 2 * time.Minute
+)
 
 // errStopping refuses work once perfused is stopping.
 var errStopping = errors.New("perfused is stopping")

@@ -53,7 +53,11 @@ func helperDaemon(backing, target string) error {
 	if err != nil {
 		return err
 	}
-	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", 0, fmt.Sprintf("fd=%d", f.Fd())); err != nil {
+	var flags uintptr
+	if os.Getenv("PERFUSED_TEST_RO") == "1" {
+		flags = unix.MS_RDONLY
+	}
+	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", flags, fmt.Sprintf("fd=%d", f.Fd())); err != nil {
 		return err
 	}
 	root, err := gofs.NewLoopbackRoot(backing)

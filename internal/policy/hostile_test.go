@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -92,12 +93,12 @@ func TestMountpointLookedUpWithOwnersRights(t *testing.T) {
 	os.Chown(shared, 0, 4242)
 	os.Chmod(shared, 0o750)
 	os.Chown(ours, uid, uid)
-	if f, err := OpenMountpointAs(ours, Owner{UID: uid, GID: uid, Groups: []uint32{4242}}, false); err != nil {
+	if f, err := OpenMountpointAs(context.Background(), ours, Owner{UID: uid, GID: uid, Groups: []uint32{4242}}, false); err != nil {
 		t.Errorf("with group 4242, %s: %v", ours, err)
 	} else {
 		f.Close()
 	}
-	if _, err := OpenMountpointAs(ours, Owner{UID: uid, GID: uid}, false); !errors.Is(err, syscall.EACCES) {
+	if _, err := OpenMountpointAs(context.Background(), ours, Owner{UID: uid, GID: uid}, false); !errors.Is(err, syscall.EACCES) {
 		t.Errorf("without group 4242, %s: %v, want EACCES", ours, err)
 	}
 }
@@ -191,5 +192,22 @@ func TestStuckLookupsBounded(t *testing.T) {
 	}
 	if tooManyStuck(7) {
 		t.Error("uid 7 still refused once its lookups are over")
+	}
+}
+
+// A lookup stuck in a hung mount ends when its context does (perfused
+// stopping), well before ResolveTimeout.
+func TestMountpointLookupEndsWithContext(t *testing.T) {
+	needRoot(t)
+	dir := hungMount(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := OpenMountpointAs(ctx, filepath.Join(dir, "sub"), Owner{UID: 1000, GID: 1000}, false)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("lookup took %v after its context ended (ResolveTimeout %v)", took, ResolveTimeout)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("lookup in a hung mount with an ending context: %v, want its deadline", err)
 	}
 }

@@ -17,6 +17,7 @@ package policy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -41,7 +42,7 @@ type Owner struct {
 // OpenMountpoint is OpenMountpointAs for uid, with gid uid and no
 // supplementary groups.
 func OpenMountpoint(target string, uid uint32, ro bool) (*os.File, error) {
-	return OpenMountpointAs(target, Owner{UID: uid, GID: uid}, ro)
+	return OpenMountpointAs(context.Background(), target, Owner{UID: uid, GID: uid}, ro)
 }
 
 // OpenMountpointAs opens target for a mount owned by o and checks it: a
@@ -50,10 +51,10 @@ func OpenMountpoint(target string, uid uint32, ro bool) (*os.File, error) {
 // file system type fusermount3 allows. For a user other than root the path
 // is looked up with that user's rights, in a helper bounded by
 // ResolveTimeout (resolve.go), so a target the user cannot reach is refused
-// as the user would be, and a hung file system on the way costs a timeout.
-// Root may mount anywhere. The caller mounts on the returned directory and
+// as the user would be, and a hung file system on the way costs a timeout
+// (or less: ctx ends the wait). Root may mount anywhere. The caller mounts on the returned directory and
 // closes it afterwards.
-func OpenMountpointAs(target string, o Owner, ro bool) (*os.File, error) {
+func OpenMountpointAs(ctx context.Context, target string, o Owner, ro bool) (*os.File, error) {
 	if !strings.HasPrefix(target, "/") {
 		return nil, fmt.Errorf("mountpoint %q is not an absolute path: %w", target, syscall.EINVAL)
 	}
@@ -78,13 +79,13 @@ func OpenMountpointAs(target string, o Owner, ro bool) (*os.File, error) {
 		}
 		return f, nil
 	}
-	f, err := openAs(target, o)
+	f, err := openAs(ctx, target, o)
 	if err != nil {
 		return nil, err
 	}
 	// The helper's descriptor is checked here, by us, and within the bound:
 	// fstat and fstatfs on a FUSE directory ask its daemon.
-	return checkBounded(f, target, o.UID, ro)
+	return checkBounded(ctx, f, target, o.UID, ro)
 }
 
 // checkUserDir checks the directory f against the policy for uid.
@@ -185,8 +186,9 @@ func (o *Options) Parse(s string) (unknown []string) {
 // option string) and what the administrator set on perfused's command line
 // (admin, applied last) into the kernel mount's configuration, and opens
 // the mountpoint, as the owner (mi's credentials, with groups as its
-// supplementary groups). An error refuses the mount.
-func Decide(mi *perfuse.MountInfo, groups []uint32, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
+// supplementary groups); ctx cuts the lookup short. An error refuses the
+// mount.
+func Decide(ctx context.Context, mi *perfuse.MountInfo, groups []uint32, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
 	var o Options
 	if unk := o.Parse(mi.Data); len(unk) > 0 && log != nil {
 		log.Warn("perfused: mount options ignored", "target", mi.Target, "options", strings.Join(unk, ","))
@@ -217,7 +219,7 @@ func Decide(mi *perfuse.MountInfo, groups []uint32, admin Options, log *slog.Log
 			return kernel.Config{}, nil, fmt.Errorf("allow_other asked by uid %d, but %s lacks user_allow_other: %w", mi.UID, FuseConf, syscall.EPERM)
 		}
 	}
-	dir, err := OpenMountpointAs(mi.Target, Owner{UID: mi.UID, GID: mi.GID, Groups: groups}, o.ReadOnly)
+	dir, err := OpenMountpointAs(ctx, mi.Target, Owner{UID: mi.UID, GID: mi.GID, Groups: groups}, o.ReadOnly)
 	if err != nil {
 		return kernel.Config{}, nil, err
 	}

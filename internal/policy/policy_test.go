@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -94,11 +95,11 @@ func TestDecideUserPolicy(t *testing.T) {
 	FuseConf = conf
 	t.Cleanup(func() { FuseConf = "/etc/fuse.conf" })
 	mi := &perfuse.MountInfo{Target: dir, UID: 1000, GID: 1000, Data: "allow_other,suid,dev"}
-	if _, _, err := Decide(mi, nil, Options{}, nil); !errors.Is(err, syscall.EPERM) {
+	if _, _, err := Decide(context.Background(), mi, nil, Options{}, nil); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("allow_other without user_allow_other: %v, want EPERM", err)
 	}
 	os.WriteFile(conf, []byte("# comment\nuser_allow_other\n"), 0o644)
-	cfg, f, err := Decide(mi, nil, Options{}, nil)
+	cfg, f, err := Decide(context.Background(), mi, nil, Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestDecideUserPolicy(t *testing.T) {
 		t.Errorf("config %+v", cfg)
 	}
 	mi.UID = 0
-	cfg, f, err = Decide(mi, nil, Options{}, nil)
+	cfg, f, err = Decide(context.Background(), mi, nil, Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

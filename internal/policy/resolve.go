@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -98,7 +99,7 @@ func giveUp(uid uint32) func() {
 }
 
 // openAs opens target as o, in a helper, within ResolveTimeout.
-func openAs(target string, o Owner) (*os.File, error) {
+func openAs(ctx context.Context, target string, o Owner) (*os.File, error) {
 	if tooManyStuck(o.UID) {
 		return nil, fmt.Errorf("mountpoint %s: too many mountpoint lookups of uid %d still stuck (hung file systems?): %w", target, o.UID, syscall.EAGAIN)
 	}
@@ -126,8 +127,8 @@ func openAs(target string, o Owner) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mountpoint %s: start the lookup helper: %w", target, err)
 	}
-	f, err := receiveFd(ours, ResolveTimeout)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	f, err := receiveFd(ctx, ours, ResolveTimeout)
+	if errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
 		// A helper killed while blocked in the kernel may take long to
 		// go: it counts as stuck until then.
 		cmd.Process.Kill()
@@ -137,6 +138,9 @@ func openAs(target string, o Owner) (*os.File, error) {
 		go cmd.Wait()
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("mountpoint %s: lookup given up: %w", target, ctx.Err())
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, fmt.Errorf("mountpoint %s: not reached within %v (a hung file system on the way?): %w", target, ResolveTimeout, syscall.ETIMEDOUT)
 		}
@@ -145,8 +149,9 @@ func openAs(target string, o Owner) (*os.File, error) {
 	return f, nil
 }
 
-// receiveFd reads the helper's answer on f (pollable) within wait.
-func receiveFd(f *os.File, wait time.Duration) (*os.File, error) {
+// receiveFd reads the helper's answer on f (pollable) within wait, or
+// until ctx ends.
+func receiveFd(ctx context.Context, f *os.File, wait time.Duration) (*os.File, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -154,6 +159,7 @@ func receiveFd(f *os.File, wait time.Duration) (*os.File, error) {
 	if err := f.SetReadDeadline(time.Now().Add(wait)); err != nil {
 		return nil, err
 	}
+	defer context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Now()) })()
 	var (
 		errno     [4]byte
 		oob       = make([]byte, unix.CmsgSpace(4*4))
@@ -197,7 +203,7 @@ func receiveFd(f *os.File, wait time.Duration) (*os.File, error) {
 // checkBounded runs checkUserDir on f within ResolveTimeout, and returns
 // f, or closes it. A check still blocked then (in a hung file system)
 // counts as stuck, and keeps f, until it returns.
-func checkBounded(f *os.File, target string, uid uint32, ro bool) (*os.File, error) {
+func checkBounded(ctx context.Context, f *os.File, target string, uid uint32, ro bool) (*os.File, error) {
 	done := make(chan error, 1)
 	go func() { done <- checkUserDir(f, target, uid, ro) }()
 	select {
@@ -207,6 +213,10 @@ func checkBounded(f *os.File, target string, uid uint32, ro bool) (*os.File, err
 			return nil, err
 		}
 		return f, nil
+	case <-ctx.Done():
+		over := giveUp(uid)
+		go func() { <-done; f.Close(); over() }()
+		return nil, fmt.Errorf("mountpoint %s: checks given up: %w", target, ctx.Err())
 	case <-time.After(ResolveTimeout):
 		over := giveUp(uid)
 		go func() { <-done; f.Close(); over() }()
