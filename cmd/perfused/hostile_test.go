@@ -530,3 +530,45 @@ func TestUserMountOnProcRefused(t *testing.T) {
 	pd.cmd.Process.Signal(syscall.SIGTERM)
 	pd.wait(t, 20*time.Second)
 }
+
+// A user's mount request whose target lies inside a hung FUSE mount holds
+// no thread of perfused and does not hold up its shutdown: SIGTERM ends
+// perfused before the lookup's own bound.
+func TestHungTargetDoesNotBlockShutdown(t *testing.T) {
+	kerneltest.NeedMount(t)
+	hung := kerneltest.HungMount(t)
+	shared := sharedDir(t)
+	pd, sockPath := startListening(t, shared)
+	exe := userExe(t, shared)
+	backing := filepath.Join(shared, "backing")
+	os.Mkdir(backing, 0o755)
+	var daemons []*proc
+	for range 3 {
+		daemons = append(daemons, startExe(t, exe, "daemon", []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing,
+			"PERFUSED_TEST_TARGET=" + filepath.Join(hung, "sub")}, userCred(nobody)))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(pd.out.String(), "mount request") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("perfused got no mount requests:\n%s", pd.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	threads := procStatus(pd.cmd.Process.Pid, "Threads")
+	signalled := time.Now()
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	if err := pd.wait(t, 10*time.Second); err != nil {
+		t.Errorf("perfused after SIGTERM: %v", err)
+	}
+	took := time.Since(signalled)
+	t.Logf("3 lookups hung in a FUSE mount: perfused at %d threads, exited %v after SIGTERM", threads, took)
+	if took > 3*time.Second {
+		t.Errorf("perfused took %v to stop with lookups hung (their bound is 5s)", took)
+	}
+	for _, d := range daemons {
+		if err := d.wait(t, 10*time.Second); err == nil {
+			t.Error("a mount inside a hung mount was served")
+		}
+	}
+}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/perfuse-go/perfuse/internal/kerneltest"
 )
 
 func needRoot(t *testing.T) {
@@ -103,30 +103,6 @@ func TestMountpointLookedUpWithOwnersRights(t *testing.T) {
 	}
 }
 
-// hungMount mounts a FUSE file system whose daemon never answers (not even
-// INIT): every lookup in it blocks. It is aborted and detached at cleanup.
-func hungMount(t *testing.T) string {
-	t.Helper()
-	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		if os.Getenv("PERFUSE_TEST_STRICT") == "1" {
-			t.Fatal("no /dev/fuse and PERFUSE_TEST_STRICT=1:", err)
-		}
-		t.Skip("no /dev/fuse:", err)
-	}
-	dir := reachableTempDir(t)
-	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", dev.Fd())
-	if err := unix.Mount("hung", dir, "fuse.hung", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dev.Close() // aborts the connection: blocked lookups fail
-		unix.Unmount(dir, unix.MNT_DETACH)
-	})
-	return dir
-}
-
 // A target inside a hung FUSE mount fails within ResolveTimeout, and the
 // lookup helper, killed, is gone soon after.
 func TestMountpointInHungMountTimesOut(t *testing.T) {
@@ -134,7 +110,7 @@ func TestMountpointInHungMountTimesOut(t *testing.T) {
 	old := ResolveTimeout
 	ResolveTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { ResolveTimeout = old })
-	dir := hungMount(t)
+	dir := kerneltest.HungMount(t)
 	target := filepath.Join(dir, "sub")
 	for i := range 3 {
 		start := time.Now()
@@ -199,7 +175,7 @@ func TestStuckLookupsBounded(t *testing.T) {
 // stopping), well before ResolveTimeout.
 func TestMountpointLookupEndsWithContext(t *testing.T) {
 	needRoot(t)
-	dir := hungMount(t)
+	dir := kerneltest.HungMount(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
