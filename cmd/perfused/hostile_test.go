@@ -230,17 +230,32 @@ func stuckDaemon(t *testing.T, sockPath, target string) *os.File {
 	if err := perfuse.Mount("stuck", target, "fuse.stuck", 0, fmt.Sprintf("fd=%d", fd)); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	n, _, err := sock.RecvRecord(fd, buf)
-	if err != nil || n < 40 || binary.NativeEndian.Uint32(buf[4:]) != 26 {
-		t.Fatalf("want INIT from perfused, got %d bytes, %v", n, err)
-	}
-	out := fuse.InitOut{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, MaxWrite: 128 << 10, TimeGran: 1}
-	reply := fakepeer.ReplyFrame(binary.NativeEndian.Uint64(buf[8:]), 0, fakepeer.InitOutBytes(out))
-	if err := sock.SendRecord(fd, reply); err != nil {
+	if err := answerInit(fd); err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// answerInit reads perfused's INIT on fd and answers it.
+func answerInit(fd int) error {
+	buf := make([]byte, 1<<20)
+	n, _, err := sock.RecvRecord(fd, buf)
+	if err != nil || n < 40 || binary.NativeEndian.Uint32(buf[4:]) != 26 {
+		return fmt.Errorf("want INIT from perfused, got %d bytes, %v", n, err)
+	}
+	out := fuse.InitOut{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, MaxWrite: 128 << 10, TimeGran: 1}
+	return sock.SendRecord(fd, fakepeer.ReplyFrame(binary.NativeEndian.Uint64(buf[8:]), 0, fakepeer.InitOutBytes(out)))
+}
+
+// stuckClient is the "stuck" role, a wrapped daemon on fd 3 that answers
+// INIT and then never reads again.
+func stuckClient() int {
+	if err := answerInit(3); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	time.Sleep(time.Minute)
+	return 0
 }
 
 // procState is the state letter of /proc/PID/stat ("" once gone).
@@ -570,5 +585,53 @@ func TestHungTargetDoesNotBlockShutdown(t *testing.T) {
 		if err := d.wait(t, 10*time.Second); err == nil {
 			t.Error("a mount inside a hung mount was served")
 		}
+	}
+}
+
+// Issue 7 item 3 in wrap mode: the stuck daemon is perfused's child, and
+// SIGTERM ends it too.
+func TestSigtermAbortsStuckWrappedDaemon(t *testing.T) {
+	kerneltest.NeedMount(t)
+	target := t.TempDir()
+	detachAtCleanup(t, target)
+	exe, _ := os.Executable()
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	pd := start(t, "perfused", nil, nil, "-grace", "1s", target, "--", "sh", "-c",
+		`echo $$ > "$1"; PERFUSED_TEST_ROLE=stuck exec "$0" /dev/fd/3`, exe, pidFile)
+	waitMounted(t, target, pd)
+	b, _ := os.ReadFile(pidFile)
+	daemonPid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if daemonPid <= 0 {
+		t.Fatalf("no daemon pid in %s", pidFile)
+	}
+	stuck := exec.Command("stat", filepath.Join(target, "x"))
+	if err := stuck.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- stuck.Wait() }()
+	t.Cleanup(func() { stuck.Process.Kill() })
+	time.Sleep(300 * time.Millisecond)
+	signalled := time.Now()
+	pd.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pd.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("wrap-mode perfused still running 20s after SIGTERM (grace 1s)")
+	}
+	t.Logf("perfused exited %v after SIGTERM (%v)", time.Since(signalled), pd.err)
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Error("stat in the aborted mount succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("stat still blocked (state %s) after perfused exited", procState(stuck.Process.Pid))
+	}
+	if st := procState(daemonPid); st != "" && st != "Z" {
+		t.Errorf("the wrapped daemon (pid %d) is still running (state %s) after perfused exited", daemonPid, st)
+	}
+	if kerneltest.Mounted(target) {
+		t.Errorf("%s still mounted after perfused exited", target)
 	}
 }

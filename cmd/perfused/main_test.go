@@ -35,6 +35,8 @@ func TestMain(m *testing.M) {
 		os.Exit(idleClient())
 	case "initsilent":
 		os.Exit(initSilentClient())
+	case "stuck":
+		os.Exit(stuckClient())
 	case "daemon":
 		if err := helperDaemon(os.Getenv("PERFUSED_TEST_BACKING"), os.Getenv("PERFUSED_TEST_TARGET")); err != nil {
 			fmt.Fprintln(os.Stderr, "helper daemon:", err)
