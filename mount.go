@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
@@ -256,6 +257,16 @@ func ReadMountFrame(f *os.File) (*MountInfo, error) {
 // valid one Mount fails with an error wrapping syscall.EINVAL. flags must
 // fit in 32 bits (the frame field), else EINVAL too.
 //
+// Mount then waits, at most MountAnswerWait, for the relay's answer on the
+// same socket: the first record it sends. A mount status record (see
+// EncodeMountStatus) is a refusal: Mount consumes it and returns a
+// *MountRefusedError, which wraps the relay's errno and carries its reason.
+// Anything else is left unread for the daemon and Mount returns nil: a FUSE
+// request (the relay's INIT) means the mount was accepted; a close without a
+// status record, or silence past the bound, is what an older relay does, and
+// the daemon sees it on its socket as before. A failure after INIT (the
+// kernel mount itself) also reaches the daemon as its socket closing.
+//
 // Deviation from upstream: no reply socket is bound and the frame's sock
 // string is always empty. Upstream binds /tmp/<prog>-<pid> so that a DGRAM
 // perfused can answer; the Linux perfused listens on SEQPACKET, where the
@@ -283,7 +294,175 @@ func Mount(source, target, fstype string, flags uintptr, data string) error {
 		return err
 	}
 	if err := sock.SendRecord(fd, frame); err != nil {
+		// A relay that refused the connection before the frame came has
+		// closed it, leaving its reason behind.
+		buf := make([]byte, maxMountStatusSize+1)
+		if n, _, rerr := recvRecord(fd, buf, unix.MSG_DONTWAIT); rerr == nil && IsMountStatus(buf[:n]) {
+			return DecodeMountStatus(buf[:n])
+		}
 		return fmt.Errorf("perfuse: mount: send to fd %d: %w", fd, err)
 	}
-	return nil
+	return awaitMountAnswer(fd, MountAnswerWait)
+}
+
+// The mount status record is how a relay refuses a mount frame, on the
+// connection that carried it, before closing it. It is shaped like the mount
+// frame it answers: a fuse_out_header (len, error, unique) whose unique is
+// all ones, which no FUSE request carries, then MountMagic and its NUL,
+// padding to mountStatusHeader bytes, and the reason as a NUL-terminated
+// string. error is a negative errno, never 0: an accepted mount is not
+// answered with a status record, its first record is the relay's FUSE INIT.
+// Old clients, which do not read it, fail anyway since the relay closes
+// the connection; old relays never send it, and Mount then behaves as it
+// did before, so either side may be older.
+const (
+	mountStatusHeader = 32
+	// MaxMountStatusReason bounds the reason, NUL excluded; longer ones are
+	// cut.
+	MaxMountStatusReason = 1024
+	maxMountStatusSize   = mountStatusHeader + MaxMountStatusReason + 1
+)
+
+// MountAnswerWait bounds how long Mount waits for the relay to accept or
+// refuse the mount frame. The relay answers once its policy checks are done,
+// which it bounds well below this.
+var MountAnswerWait = 30 * time.Second
+
+// EncodeMountStatus returns the status record refusing a mount for err: its
+// errno (EPERM when err wraps none) and its text as the reason.
+func EncodeMountStatus(err error) []byte {
+	errno := syscall.EPERM
+	var e syscall.Errno
+	if errors.As(err, &e) && e != 0 {
+		errno = e
+	}
+	reason := "mount refused"
+	if err != nil {
+		reason = err.Error()
+	}
+	if len(reason) > MaxMountStatusReason {
+		reason = reason[:MaxMountStatusReason]
+	}
+	reason = string(bytes.ReplaceAll([]byte(reason), []byte{0}, []byte{' '}))
+	b := make([]byte, mountStatusHeader, mountStatusHeader+len(reason)+1)
+	ne := binary.NativeEndian
+	ne.PutUint32(b[0:], uint32(mountStatusHeader+len(reason)+1))
+	ne.PutUint32(b[4:], uint32(-int32(errno)))
+	ne.PutUint64(b[8:], math.MaxUint64)
+	copy(b[16:], MountMagic)
+	b = append(b, reason...)
+	return append(b, 0)
+}
+
+// IsMountStatus reports whether b starts like a mount status record (the
+// all-ones unique and the magic), whatever its validity.
+func IsMountStatus(b []byte) bool {
+	return len(b) >= 25 && binary.NativeEndian.Uint64(b[8:]) == math.MaxUint64 && string(b[16:25]) == MountMagic+"\x00"
+}
+
+// DecodeMountStatus returns the refusal a status record carries: an error
+// wrapping its errno, with the relay's reason. A malformed record is an
+// error wrapping EPROTO.
+func DecodeMountStatus(b []byte) error {
+	bad := func(why string) error {
+		return fmt.Errorf("perfuse: mount status record: %s: %w", why, syscall.EPROTO)
+	}
+	if !IsMountStatus(b) || len(b) < mountStatusHeader+1 || len(b) > maxMountStatusSize {
+		return bad(fmt.Sprintf("%d bytes, not a status record", len(b)))
+	}
+	ne := binary.NativeEndian
+	if int(ne.Uint32(b[0:])) != len(b) {
+		return bad("len field does not match the record")
+	}
+	errno := -int32(ne.Uint32(b[4:]))
+	if errno <= 0 || errno > 4095 {
+		return bad(fmt.Sprintf("error field %d", -errno))
+	}
+	reason := b[mountStatusHeader:]
+	if reason[len(reason)-1] != 0 || bytes.IndexByte(reason[:len(reason)-1], 0) >= 0 {
+		return bad("reason is not one NUL-terminated string")
+	}
+	return &MountRefusedError{Errno: syscall.Errno(errno), Reason: string(reason[:len(reason)-1])}
+}
+
+// MountRefusedError is a relay's refusal of a mount frame.
+type MountRefusedError struct {
+	Errno  syscall.Errno
+	Reason string
+}
+
+func (e *MountRefusedError) Error() string {
+	return "perfuse: mount refused by perfused: " + e.Reason
+}
+
+func (e *MountRefusedError) Unwrap() error { return e.Errno }
+
+// awaitMountAnswer waits for the relay's first record on fd (see Mount),
+// through the runtime poller on a non-blocking duplicate, so no thread is
+// held while the relay decides.
+func awaitMountAnswer(fd int, wait time.Duration) error {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("perfuse: mount: fd %d: %w", fd, err)
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("perfuse: mount: dup fd %d: %w", fd, err)
+	}
+	// O_NONBLOCK belongs to the open file, shared with fd: restore it once
+	// the answer is read, for a daemon that reads fd in blocking mode.
+	if fl&unix.O_NONBLOCK == 0 {
+		defer unix.SetNonblock(fd, false)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return fmt.Errorf("perfuse: mount: %w", err)
+	}
+	f := os.NewFile(uintptr(dup), "perfuse-socket")
+	defer f.Close()
+	if err := f.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return fmt.Errorf("perfuse: mount: %w", err)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("perfuse: mount: %w", err)
+	}
+	buf := make([]byte, maxMountStatusSize+1)
+	var n, rflags int
+	var rerr error
+	peek := func(fd uintptr) bool {
+		n, rflags, rerr = recvRecord(int(fd), buf, unix.MSG_PEEK)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	}
+	if err := rc.Read(peek); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// A relay that answers nothing yet (an older perfused that is
+			// slow, a test peer): as before, Mount cannot tell.
+			return nil
+		}
+		return fmt.Errorf("perfuse: mount: %w", err)
+	}
+	if rerr != nil || n == 0 || !IsMountStatus(buf[:n]) {
+		// INIT (accepted), or a relay that answers no mount frame: its
+		// close reaches the daemon as before.
+		return nil
+	}
+	if rflags&unix.MSG_TRUNC != 0 {
+		n = len(buf) // DecodeMountStatus refuses it as too long
+	}
+	rc.Control(func(fd uintptr) { unix.Recvmsg(int(fd), make([]byte, 1), nil, unix.MSG_DONTWAIT) })
+	return DecodeMountStatus(buf[:n])
+}
+
+// recvRecord is one recvmsg, past a pending ECONNRESET: a relay that
+// closes with our frame unread leaves that error ahead of its status
+// record, and the kernel reports (and clears) it first.
+func recvRecord(fd int, buf []byte, flags int) (n, rflags int, err error) {
+	for range 2 {
+		n, _, rflags, _, err = unix.Recvmsg(fd, buf, nil, flags)
+		if err != unix.ECONNRESET {
+			break
+		}
+	}
+	return n, rflags, err
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
@@ -239,6 +241,7 @@ func TestMountBadFDOption(t *testing.T) {
 }
 
 func TestMountErrors(t *testing.T) {
+	quickMountAnswer(t)
 	ours, theirs, _, err := sock.Pair()
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +280,7 @@ func TestMountOverSocketpair(t *testing.T) {
 		{"dgram passcred", unix.SOCK_DGRAM, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			quickMountAnswer(t)
 			fds, err := unix.Socketpair(unix.AF_UNIX, c.typ|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				t.Fatal(err)
@@ -380,4 +384,159 @@ func FuzzDecodeMountFrame(f *testing.F) {
 			t.Fatalf("re-encoded frame differs\nin  %x\nout %x", b, re)
 		}
 	})
+}
+
+// quickMountAnswer shortens Mount's wait for the relay's answer, for tests
+// whose peer reads the frame later or never answers it.
+func quickMountAnswer(t *testing.T) {
+	old := MountAnswerWait
+	MountAnswerWait = 100 * time.Millisecond
+	t.Cleanup(func() { MountAnswerWait = old })
+}
+
+// A relay's refusal reaches Mount: the status record's errno and reason come
+// back as its error, and the record is consumed.
+func TestMountRefusalReachesClient(t *testing.T) {
+	ours, theirs, _, err := sock.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	defer theirs.Close()
+	relayed := make(chan struct{})
+	defer func() { <-relayed }()
+	go func() {
+		defer close(relayed)
+		if _, err := ReadMountFrame(theirs); err != nil {
+			t.Error(err)
+		}
+		sock.SendRecord(int(theirs.Fd()), EncodeMountStatus(fmt.Errorf("mountpoint /x: not yours: %w", syscall.EACCES)))
+		sock.SendRecord(int(theirs.Fd()), []byte("next"))
+	}()
+	err = Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd()))
+	var refused *MountRefusedError
+	if !errors.As(err, &refused) || !errors.Is(err, syscall.EACCES) || !strings.Contains(err.Error(), "mountpoint /x: not yours") {
+		t.Fatalf("Mount = %v, want the relay's EACCES and reason", err)
+	}
+	buf := make([]byte, 64)
+	n, _, err := sock.RecvRecord(int(ours.Fd()), buf)
+	if err != nil || string(buf[:n]) != "next" {
+		t.Errorf("after the refusal the socket has %q, %v; want the status consumed", buf[:n], err)
+	}
+}
+
+// An accepting relay's first record (its INIT) is left for the daemon, and
+// the socket's blocking mode is restored. Closing without a status, as an
+// older relay does, is no error for Mount.
+func TestMountAcceptedLeavesInit(t *testing.T) {
+	ours, theirs, _, err := sock.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	defer theirs.Close()
+	init := make([]byte, 104)
+	binary.NativeEndian.PutUint32(init[0:], 104)
+	binary.NativeEndian.PutUint32(init[4:], 26) // FUSE_INIT
+	binary.NativeEndian.PutUint64(init[8:], 2)
+	relayed := make(chan struct{})
+	defer func() { <-relayed }()
+	go func() {
+		defer close(relayed)
+		ReadMountFrame(theirs)
+		sock.SendRecord(int(theirs.Fd()), init)
+	}()
+	if err := Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd())); err != nil {
+		t.Fatalf("Mount = %v", err)
+	}
+	if fl, _ := unix.FcntlInt(ours.Fd(), unix.F_GETFL, 0); fl&unix.O_NONBLOCK != 0 {
+		t.Error("Mount left the daemon's socket non-blocking")
+	}
+	buf := make([]byte, 200)
+	n, _, err := sock.RecvRecord(int(ours.Fd()), buf)
+	if err != nil || !bytes.Equal(buf[:n], init) {
+		t.Errorf("the daemon reads %d bytes, %v; want the relay's INIT", n, err)
+	}
+
+	a, b, _, _ := sock.Pair()
+	defer a.Close()
+	go func() { ReadMountFrame(b); b.Close() }()
+	if err := Mount("src", "/x", "fuse", 0, "fd="+itoa(a.Fd())); err != nil {
+		t.Errorf("Mount to a relay that closes without a status = %v, want nil (as before)", err)
+	}
+	<-relayed
+}
+
+func TestMountStatusRoundTripAndRejects(t *testing.T) {
+	long := strings.Repeat("x", 3000)
+	for _, c := range []struct {
+		err   error
+		errno syscall.Errno
+		text  string
+	}{
+		{fmt.Errorf("too many mounts: %w", syscall.EUSERS), syscall.EUSERS, "too many mounts"},
+		{errors.New("no errno"), syscall.EPERM, "no errno"},
+		{errors.New("nul\x00inside"), syscall.EPERM, "nul inside"},
+		{errors.New(long), syscall.EPERM, long[:MaxMountStatusReason]},
+	} {
+		b := EncodeMountStatus(c.err)
+		if !IsMountStatus(b) {
+			t.Errorf("%q: not a status record", c.text)
+		}
+		var r *MountRefusedError
+		if err := DecodeMountStatus(b); !errors.As(err, &r) || r.Errno != c.errno || r.Reason != c.text && !strings.HasPrefix(r.Reason, c.text) {
+			t.Errorf("round trip of %v: %v", c.err, err)
+		}
+	}
+	good := EncodeMountStatus(syscall.EACCES)
+	frame, _ := EncodeMountFrame("s", "/t", "", 0, "", "")
+	for name, b := range map[string][]byte{
+		"short":         good[:20],
+		"a mount frame": frame,
+		"bad len":       append(append([]byte(nil), good...), 0),
+		"errno 0":       func() []byte { c := append([]byte(nil), good...); binary.NativeEndian.PutUint32(c[4:], 0); return c }(),
+		"no NUL":        func() []byte { c := append([]byte(nil), good...); c[len(c)-1] = 'x'; return c }(),
+	} {
+		if err := DecodeMountStatus(b); !errors.Is(err, syscall.EPROTO) {
+			t.Errorf("%s: DecodeMountStatus = %v, want EPROTO", name, err)
+		}
+	}
+}
+
+// A relay that refuses the connection before the frame is sent (over its
+// limits) has closed it: Mount still returns the reason it left.
+func TestMountRefusedBeforeTheFrame(t *testing.T) {
+	ours, theirs, _, err := sock.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	sock.SendRecord(int(theirs.Fd()), EncodeMountStatus(fmt.Errorf("too many connections: %w", syscall.EAGAIN)))
+	theirs.Close()
+	err = Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd()))
+	if !errors.Is(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "too many connections") {
+		t.Errorf("Mount = %v, want the relay's EAGAIN and reason", err)
+	}
+}
+
+// A relay that refuses and closes with the frame unread leaves ECONNRESET
+// ahead of its status record: Mount still returns the reason.
+func TestMountRefusedWithFrameUnread(t *testing.T) {
+	for range 20 {
+		ours, theirs, _, err := sock.Pair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var b [1]byte
+			unix.Recvfrom(int(theirs.Fd()), b[:], unix.MSG_PEEK) // the frame is there
+			sock.SendRecord(int(theirs.Fd()), EncodeMountStatus(fmt.Errorf("no: %w", syscall.EUSERS)))
+			theirs.Close()
+		}()
+		err = Mount("src", "/x", "fuse", 0, "fd="+itoa(ours.Fd()))
+		ours.Close()
+		if !errors.Is(err, syscall.EUSERS) {
+			t.Fatalf("Mount = %v, want the relay's EUSERS", err)
+		}
+	}
 }

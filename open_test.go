@@ -97,6 +97,7 @@ func TestOpenDaemonMode(t *testing.T) {
 		t.Errorf("socket is not close-on-exec")
 	}
 
+	quickMountAnswer(t) // this test accepts only after Mount returns
 	data := "fd=" + itoa(f.Fd()) + ",rootmode=40000,user_id=0"
 	if err := Mount("squashfuse", "/mnt/data", "fuse.squashfuse", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/fusermount"
@@ -45,7 +46,10 @@ Modes:
            serve one mount per connection, any number at once, each owned by
            the connecting process's user (SO_PEERCRED). perfuse.Open connects
            here when the socket exists. perfused does not fork: run it under
-           a service manager, or in the background.
+           a service manager, or in the background. Under systemd socket
+           activation (ListenSequentialPacket=) it serves the socket the unit
+           passes, with the unit's SocketMode= and SocketGroup=: restrict who
+           may mount there (SECURITY.md).
 
   MOUNTPOINT -- COMMAND [ARGS...]
            Wrap an unmodified FUSE daemon (libfuse 3, go-fuse): start COMMAND
@@ -102,27 +106,46 @@ Flags:
               forks; the flag is accepted for compatibility.)
   -s          Start with the -d classes off; SIGUSR2 swaps them on and off
               (upstream uses SIGINFO, which Linux lacks).
-  -t dir      Where SIGUSR1 writes trace dumps (default /run/perfused, or
-              the temporary directory when that is not writable). A dump
-              that cannot be written is a warning, never a dead mount.
+  -t dir      Where SIGUSR1 writes trace dumps (default /run/perfused). A
+              dump that cannot be written is a warning, never a dead mount.
   -l path     Listening socket path (listening mode).
   -fusermount Wrap mode: use the stand-in fusermount (above) even though an
               argument names /dev/fd/3.
+  -grace d    On SIGINT/SIGTERM, how long requests still stuck in a mount
+              (a daemon that stopped reading) may take before perfused
+              aborts that mount's own kernel connection (default 5s; Go
+              duration syntax, e.g. 500ms, 10s).
+
+Limits (listening mode; a refusal is logged once per kind and user every
+10 s, and told to the client: perfuse.Mount returns it; root is never
+refused):
+  -max-pending N       connections not yet mounted, in total (default 128)
+  -max-pending-user N  the same, per user (default 16)
+  -mount-max N         live mounts of users other than root, in total
+                       (default: mount_max from /etc/fuse.conf, else 1000)
+  -mount-max-user N    live mounts per user other than root (default 100)
+A connection has 10 s to send its mount frame and its daemon 10 s more to
+answer INIT and be mounted.
 
 Policy (fixed): a mount owned by a user other than root is nosuid,nodev; its
 mountpoint must be a directory owned by that user and readable and writable
-by them (readable for ro), checked on the directory itself (O_NOFOLLOW,
-fstat) and mounted through that same descriptor; allow_other is granted to
-such a user only if /etc/fuse.conf has user_allow_other (or -o allow_other
-was given to perfused). Mounts show in /proc/mounts with the daemon's fsname,
-as fuse.SUBTYPE when the daemon asked for a subtype (wrap mode; e.g.
--o subtype=mine shows fuse.mine), else as fuse.perfuse.
+by them (readable for ro), reached with that user's rights, on a file system
+type fusermount3 allows (not procfs, sysfs, ...), checked on the directory
+itself (O_NOFOLLOW, fstat, fstatfs) and mounted through that same
+descriptor; allow_other is granted to such a user only if /etc/fuse.conf has
+user_allow_other (or -o allow_other was given to perfused). Mounts show in
+/proc/mounts with the daemon's fsname, as fuse.SUBTYPE when the daemon asked
+for a subtype (wrap mode; e.g. -o subtype=mine shows fuse.mine), else as
+fuse.perfuse. SECURITY.md has the threat model.
 
 Signals:
   SIGUSR1         toggle tracing; turning it off dumps the trace of every
-                  mount to DIR/perfused-<target with / as ->.trace
+                  mount to DIR/perfused<target, "%" "-" "/" as %25 %2D ->.trace
+                  (DIR must be perfused's own and writable by nobody else)
   SIGUSR2         with -s, toggle the -d diagnostics
-  SIGINT, SIGTERM unmount every mount cleanly (lazily if busy) and exit 0
+  SIGINT, SIGTERM unmount every mount cleanly (lazily if busy) and exit 0;
+                  after -grace, abort the connections still stuck (their
+                  processes get ENOTCONN) and end their daemons
 
 Exit: 0 after a clean unmount; 1 when the FUSE daemon exited or crashed
 while mounted (the mount is then removed, lazily if busy, and processes using
@@ -150,6 +173,10 @@ type flags struct {
 	// if its command line names /dev/fd/3.
 	fusermount bool
 	wrap       []string // MOUNTPOINT COMMAND ARGS...
+	// grace is how long SIGTERM waits for stuck requests before aborting
+	// the kernel connection.
+	grace time.Duration
+	lim   limits
 }
 
 func parseFlags(args []string, _ io.Writer) (*flags, error) {
@@ -168,8 +195,20 @@ func parseFlags(args []string, _ io.Writer) (*flags, error) {
 	fl.StringVar(&f.traceDir, "t", "", "trace dump `dir`")
 	fl.BoolVar(&f.demo, "demo", false, "run the demo")
 	fl.BoolVar(&f.fusermount, "fusermount", false, "wrap mode: hand the daemon our socket through a stand-in fusermount")
+	fl.DurationVar(&f.grace, "grace", 5*time.Second, "on SIGTERM, how long stuck requests may take before the connection is aborted")
+	mountMax := defaultMountMax
+	if n, ok := policy.MountMax(); ok {
+		mountMax = n
+	}
+	fl.IntVar(&f.lim.PendingTotal, "max-pending", defaultPendingTotal, "connections not yet mounted, in total")
+	fl.IntVar(&f.lim.PendingPerUser, "max-pending-user", defaultPendingPerUser, "connections not yet mounted, per user")
+	fl.IntVar(&f.lim.MountsTotal, "mount-max", mountMax, "mounts of users other than root, in total")
+	fl.IntVar(&f.lim.MountsPerUser, "mount-max-user", defaultMountsPerUser, "mounts per user other than root")
 	if err := fl.Parse(args); err != nil {
 		return nil, err
+	}
+	if f.grace <= 0 || f.lim.PendingTotal <= 0 || f.lim.PendingPerUser <= 0 || f.lim.MountsTotal <= 0 || f.lim.MountsPerUser <= 0 {
+		return nil, errors.New("-grace and the limits must be positive")
 	}
 	f.fd = -1
 	if *fdStr != "" {
@@ -212,6 +251,10 @@ func main() {
 	// perfused is also the stand-in fusermount of wrap mode, and the
 	// helper that sets up the wrapped daemon's mount namespace.
 	if status, ok := fusermount.Run(os.Args); ok {
+		os.Exit(status)
+	}
+	// And the helper that looks a user's mountpoint up as that user.
+	if status, ok := policy.RunHelper(os.Args); ok {
 		os.Exit(status)
 	}
 	// go-fuse logs through the standard log package; keep it on stderr

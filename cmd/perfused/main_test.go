@@ -31,6 +31,12 @@ func TestMain(m *testing.M) {
 	case "perfused":
 		main()
 		os.Exit(0)
+	case "idle":
+		os.Exit(idleClient())
+	case "initsilent":
+		os.Exit(initSilentClient())
+	case "stuck":
+		os.Exit(stuckClient())
 	case "daemon":
 		if err := helperDaemon(os.Getenv("PERFUSED_TEST_BACKING"), os.Getenv("PERFUSED_TEST_TARGET")); err != nil {
 			fmt.Fprintln(os.Stderr, "helper daemon:", err)
@@ -49,7 +55,11 @@ func helperDaemon(backing, target string) error {
 	if err != nil {
 		return err
 	}
-	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", 0, fmt.Sprintf("fd=%d", f.Fd())); err != nil {
+	var flags uintptr
+	if os.Getenv("PERFUSED_TEST_RO") == "1" {
+		flags = unix.MS_RDONLY
+	}
+	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", flags, fmt.Sprintf("fd=%d", f.Fd())); err != nil {
 		return err
 	}
 	root, err := gofs.NewLoopbackRoot(backing)
@@ -237,26 +247,9 @@ func perfusedChildren(exe string) []int {
 // SIGTERM unmounts everything and perfused exits 0.
 func TestListeningModeTwoClientsAndPolicy(t *testing.T) {
 	kerneltest.NeedMount(t)
-	// Another user must reach the socket and its directories.
-	shared, err := os.MkdirTemp("", "perfused-user-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	os.Chmod(shared, 0o755)
-	sockPath := filepath.Join(shared, "perfused.sock")
+	shared := sharedDir(t)
 	traceDir := t.TempDir()
-	pd := start(t, "perfused", nil, nil, "-f", "-l", sockPath, "-t", traceDir)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sockPath); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("perfused did not listen:\n%s", pd.out)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pd, sockPath := startListening(t, shared, "-t", traceDir)
 	env := func(backing, target string) []string {
 		return []string{"PERFUSE_SOCKET=" + sockPath, "PERFUSED_TEST_BACKING=" + backing, "PERFUSED_TEST_TARGET=" + target}
 	}
@@ -297,12 +290,7 @@ func TestListeningModeTwoClientsAndPolicy(t *testing.T) {
 	detachAtCleanup(t, utarget)
 	detachAtCleanup(t, notMine)
 	cred := &syscall.Credential{Uid: nobody, Gid: nobody}
-	// The build directory is private to root: run a copy.
-	self, _ := os.Executable()
-	exe := filepath.Join(shared, "perfused.test")
-	if b, err := os.ReadFile(self); err != nil || os.WriteFile(exe, b, 0o755) != nil {
-		t.Fatalf("copy the test binary: %v", err)
-	}
+	exe := userExe(t, shared)
 
 	refused := startExe(t, exe, "daemon", env(ubacking, notMine), cred)
 	if err := refused.wait(t, 10*time.Second); err == nil {
@@ -313,6 +301,10 @@ func TestListeningModeTwoClientsAndPolicy(t *testing.T) {
 	}
 	if !strings.Contains(pd.out.String(), "insufficient privileges") {
 		t.Errorf("perfused did not say why it refused:\n%s", pd.out)
+	}
+	// perfuse.Mount returned the relay's reason to the daemon.
+	if out := refused.out.String(); !strings.Contains(out, "refused by perfused") || !strings.Contains(out, "insufficient privileges") {
+		t.Errorf("the refused daemon was not told why:\n%s", out)
 	}
 
 	user := startExe(t, exe, "daemon", env(ubacking, utarget), cred)
@@ -337,7 +329,7 @@ func TestListeningModeTwoClientsAndPolicy(t *testing.T) {
 	os.ReadFile(filepath.Join(targets[0], "hello.txt"))
 	pd.cmd.Process.Signal(syscall.SIGUSR1)
 	dump := tracePath(traceDir, targets[0])
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		b, _ := os.ReadFile(dump)
 		if bytes.Contains(b, []byte("Statistics by operation")) {
@@ -365,6 +357,52 @@ func TestListeningModeTwoClientsAndPolicy(t *testing.T) {
 	if _, err := os.Stat(sockPath); err == nil {
 		t.Errorf("socket %s left behind", sockPath)
 	}
+}
+
+// sharedDir is a directory other users can reach, for the socket and
+// their directories (t.TempDir is private to root).
+func sharedDir(t *testing.T) string {
+	t.Helper()
+	shared, err := os.MkdirTemp("", "perfused-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	os.Chmod(shared, 0o755)
+	return shared
+}
+
+// startListening starts a listening perfused (as root) on a socket in
+// shared and waits until it listens.
+func startListening(t *testing.T, shared string, args ...string) (*proc, string) {
+	t.Helper()
+	sockPath := filepath.Join(shared, "perfused.sock")
+	pd := start(t, "perfused", nil, nil, append([]string{"-f", "-l", sockPath}, args...)...)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sockPath); err == nil {
+			return pd, sockPath
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("perfused did not listen:\n%s", pd.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// userExe copies the test binary into shared, for other users to run: the
+// build directory is private to root.
+func userExe(t *testing.T, shared string) string {
+	t.Helper()
+	self, _ := os.Executable()
+	exe := filepath.Join(shared, "perfused.test")
+	if _, err := os.Stat(exe); err == nil {
+		return exe
+	}
+	if b, err := os.ReadFile(self); err != nil || os.WriteFile(exe, b, 0o755) != nil {
+		t.Fatalf("copy the test binary: %v", err)
+	}
+	return exe
 }
 
 func runAs(uid uint32, argv ...string) (string, error) {

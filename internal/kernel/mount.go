@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +87,9 @@ type Mounter struct {
 	conn       uint32     // FUSE connection number (device minor), 0 if unknown
 	dirMu      sync.Mutex // guards dirFd, held across the syscalls that use it
 	dirFd      int        // our own dup of Config.Dir while mounted, -1 if none
+	ctlMu      sync.Mutex // guards ctlFd
+	ctlFd      int        // our connection's fusectl directory (abort.go), -1 if none
+	forced     atomic.Bool
 	served     chan struct{}
 	done       chan struct{}
 	why        error
@@ -96,7 +100,7 @@ func NewMounter(cfg Config) *Mounter {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Mounter{Config: cfg, done: make(chan struct{}), dirFd: -1}
+	return &Mounter{Config: cfg, done: make(chan struct{}), dirFd: -1, ctlFd: -1}
 }
 
 var _ perfuse.Mounter = (*Mounter)(nil)
@@ -156,6 +160,10 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 		}
 	}
 	m.conn = m.connection(mi.Target)
+	fd := m.openCtl(m.conn, mi.Target)
+	m.ctlMu.Lock()
+	m.ctlFd = fd
+	m.ctlMu.Unlock()
 	go m.watch()
 	return nil
 }
@@ -260,20 +268,36 @@ func fusermountFlags(f uintptr) []string {
 func (m *Mounter) watch() {
 	select {
 	case <-m.served:
-		// Unmounted in the kernel: end the session (FUSE_DESTROY).
-		m.setWhy(nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// The kernel connection ended: unmounted, or aborted. After an
+		// unmount its fusectl entry goes at once; one that stays means an
+		// abort with the mount still there (a dead mount: ENOTCONN for
+		// everyone), which is removed here and is no clean end.
+		wait := 10 * time.Second
+		switch {
+		case m.forced.Load():
+			// Abort: the mount is gone already and the daemon may not read
+			// any more: no DESTROY to wait for.
+			wait = 0
+		case m.aliveAfter(time.Second):
+			m.setWhy(fmt.Errorf("kernel FUSE connection %d aborted from outside perfuse; %s unmounted: %w", m.conn, m.target, syscall.ECONNABORTED))
+			m.unmount(true)
+			wait = 0
+		default:
+			m.setWhy(nil)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		if err := m.u.Unmount(ctx); err != nil {
 			m.Logger.Debug("perfuse: DESTROY after kernel unmount", "err", err)
 		}
 		cancel()
 	case <-m.u.Done():
 		// The daemon exited or died, or the session was ended: no request
-		// can be answered any more, so the mount goes, lazily if busy, and
-		// its connection is aborted so nobody waits on it.
+		// can be answered any more, so the connection is aborted, while it
+		// is surely still ours (before the mount goes), so nobody waits on
+		// it, and the mount goes, lazily if busy.
 		m.setWhy(fmt.Errorf("FUSE daemon gone: %w", syscall.ENOTCONN))
+		m.abortOwn()
 		m.unmount(true)
-		m.abort()
 		select {
 		case <-m.served:
 		case <-time.After(10 * time.Second):
@@ -286,6 +310,7 @@ func (m *Mounter) watch() {
 		m.dirFd = -1
 	}
 	m.dirMu.Unlock()
+	m.closeCtl()
 	close(m.done)
 }
 
@@ -340,6 +365,36 @@ func (m *Mounter) Unmount(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Abort ends a mount whose requests are stuck (a daemon that stopped
+// reading): it aborts the mount's own kernel connection, so every process
+// waiting on it gets ENOTCONN, and removes the mount, lazily. Err then
+// wraps ECONNABORTED. The session ends without waiting for the daemon's
+// answer to DESTROY. It is safe to call more than once, and after the
+// mount has ended.
+func (m *Mounter) Abort() {
+	m.mu.Lock()
+	started := m.srv != nil
+	m.mu.Unlock()
+	if !started {
+		return
+	}
+	m.forced.Store(true)
+	m.setWhy(fmt.Errorf("kernel FUSE connection of %s aborted: requests were stuck: %w", m.Target(), syscall.ECONNABORTED))
+	if !m.abortOwn() {
+		m.Logger.Warn("perfuse: no fusectl entry of our own to abort the connection with", "target", m.Target())
+	}
+	m.unmount(true)
+	// The relay's own exchanges with the daemon are stuck too, and the
+	// kernel connection ends only once they return: the session goes now,
+	// with no DESTROY awaited, which fails them.
+	m.mu.Lock()
+	u := m.u
+	m.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	u.Unmount(ctx)
 }
 
 // unmount removes the kernel mount: a plain unmount first, a lazy one if
@@ -402,30 +457,6 @@ func fusermountUnmount(target string, lazy bool) error {
 		return fusermountUnmount(target, true)
 	}
 	return nil
-}
-
-// abort aborts the kernel's FUSE connection through fusectl, if mounted:
-// every request waiting on it fails with ENOTCONN at once.
-func (m *Mounter) abort() {
-	if m.conn == 0 {
-		return
-	}
-	const fusectl = "/sys/fs/fuse/connections"
-	p := fmt.Sprintf("%s/%d/abort", fusectl, m.conn)
-	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) && os.Geteuid() == 0 && !fusectlMounted() {
-		// fusectl is usually mounted at boot; mount it if it is not.
-		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil {
-			m.Logger.Debug("perfuse: mount fusectl", "err", err)
-		}
-	}
-	if err := os.WriteFile(p, []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		m.Logger.Debug("perfuse: abort connection", "path", p, "err", err)
-	}
-}
-
-func fusectlMounted() bool {
-	b, _ := os.ReadFile("/proc/self/mounts")
-	return bytes.Contains(b, []byte(" fusectl "))
 }
 
 // logWriter sends go-fuse's log lines to slog at debug level.

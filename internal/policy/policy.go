@@ -4,17 +4,20 @@
 //   - a mount owned by anyone but root is nosuid,nodev (perfuse.Init forces
 //     the flags; the kernel mount honours them);
 //   - the mountpoint must be a directory owned by the owner and readable and
-//     writable by them (readable only for a read-only mount). It is opened
-//     with O_DIRECTORY|O_NOFOLLOW and checked with fstat, and the mount is
-//     made on that very directory (/proc/self/fd/N), so nothing can be
-//     swapped in between the check and mount(2) (upstream used stat(2),
-//     which follows symlinks and races);
+//     writable by them (readable only for a read-only mount), on a file
+//     system type fusermount3 allows (fstype.go). It is looked up with the
+//     owner's rights (resolve.go), opened with O_DIRECTORY|O_NOFOLLOW and
+//     checked with fstat and fstatfs, and the mount is made on that very
+//     directory (/proc/self/fd/N), so nothing can be swapped in between the
+//     check and mount(2) (upstream used stat(2) as root, which follows
+//     symlinks and races);
 //   - allow_other only when asked for, and for a user other than root only
 //     when /etc/fuse.conf says user_allow_other, as fusermount3 decides.
 package policy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -30,38 +33,80 @@ import (
 // FuseConf is the file that may grant user_allow_other.
 var FuseConf = "/etc/fuse.conf"
 
-// OpenMountpoint opens target for a mount owned by uid and checks it: a
-// directory, reached without following a symlink in its last component,
-// owned by uid and with owner read (and write unless ro) permission. Root
-// may mount anywhere. The caller mounts on the returned directory and
-// closes it afterwards.
+// Owner is whom a mount is for: the credentials of the client that asked.
+type Owner struct {
+	UID, GID uint32
+	Groups   []uint32 // supplementary groups
+}
+
+// OpenMountpoint is OpenMountpointAs for uid, with gid uid and no
+// supplementary groups.
 func OpenMountpoint(target string, uid uint32, ro bool) (*os.File, error) {
+	return OpenMountpointAs(context.Background(), target, Owner{UID: uid, GID: uid}, ro)
+}
+
+// OpenMountpointAs opens target for a mount owned by o and checks it: a
+// directory, reached without following a symlink in its last component,
+// owned by o.UID and with owner read (and write unless ro) permission, on a
+// file system type fusermount3 allows. For a user other than root the path
+// is looked up with that user's rights, in a helper bounded by
+// ResolveTimeout (resolve.go), so a target the user cannot reach is refused
+// as the user would be, and a hung file system on the way costs a timeout
+// (or less: ctx ends the wait). Root may mount anywhere. The caller mounts on the returned directory and
+// closes it afterwards.
+func OpenMountpointAs(ctx context.Context, target string, o Owner, ro bool) (*os.File, error) {
 	if !strings.HasPrefix(target, "/") {
 		return nil, fmt.Errorf("mountpoint %q is not an absolute path: %w", target, syscall.EINVAL)
 	}
-	fd, err := unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+	if o.UID == 0 || os.Geteuid() != 0 {
+		// Root's own mount, or a perfused that is not root (perfused -i
+		// started by the user): our rights are the owner's or more trusted.
+		fd, err := unix.Open(target, openFlags, 0)
+		if err != nil {
+			return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+		}
+		f := os.NewFile(uintptr(fd), target)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+		}
+		if o.UID != 0 {
+			if err := checkUserDir(f, target, o.UID, ro); err != nil {
+				f.Close()
+				return nil, err
+			}
+		}
+		return f, nil
 	}
-	f := os.NewFile(uintptr(fd), target)
+	f, err := openAs(ctx, target, o)
+	if err != nil {
+		return nil, err
+	}
+	// The helper's descriptor is checked here, by us, and within the bound:
+	// fstat and fstatfs on a FUSE directory ask its daemon.
+	return checkBounded(ctx, f, target, o.UID, ro)
+}
+
+// checkUserDir checks the directory f against the policy for uid.
+func checkUserDir(f *os.File, target string, uid uint32, ro bool) error {
+	fd := int(f.Fd())
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("mountpoint %s: %w", target, err)
+		return fmt.Errorf("mountpoint %s: %w", target, err)
 	}
-	if uid == 0 {
-		return f, nil
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("mountpoint %s: %w", target, syscall.ENOTDIR)
 	}
 	need := uint32(unix.S_IRUSR | unix.S_IWUSR)
 	if ro {
 		need = unix.S_IRUSR
 	}
 	if st.Uid != uid || st.Mode&need != need {
-		f.Close()
-		return nil, fmt.Errorf("insufficient privileges to mount on %s (owner %d, mode %o; uid %d must own it with %s): %w",
+		return fmt.Errorf("insufficient privileges to mount on %s (owner %d, mode %o; uid %d must own it with %s): %w",
 			target, st.Uid, st.Mode&0o7777, uid, map[bool]string{true: "r", false: "rw"}[ro], syscall.EPERM)
 	}
-	return f, nil
+	return checkFSType(fd, target)
 }
 
 // UserAllowOther reports whether FuseConf has user_allow_other.
@@ -140,8 +185,10 @@ func (o *Options) Parse(s string) (unknown []string) {
 // Decide turns what the client asked for (its mount frame: flags and
 // option string) and what the administrator set on perfused's command line
 // (admin, applied last) into the kernel mount's configuration, and opens
-// the mountpoint. An error refuses the mount.
-func Decide(mi *perfuse.MountInfo, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
+// the mountpoint, as the owner (mi's credentials, with groups as its
+// supplementary groups); ctx cuts the lookup short. An error refuses the
+// mount.
+func Decide(ctx context.Context, mi *perfuse.MountInfo, groups []uint32, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
 	var o Options
 	if unk := o.Parse(mi.Data); len(unk) > 0 && log != nil {
 		log.Warn("perfused: mount options ignored", "target", mi.Target, "options", strings.Join(unk, ","))
@@ -172,7 +219,7 @@ func Decide(mi *perfuse.MountInfo, admin Options, log *slog.Logger) (kernel.Conf
 			return kernel.Config{}, nil, fmt.Errorf("allow_other asked by uid %d, but %s lacks user_allow_other: %w", mi.UID, FuseConf, syscall.EPERM)
 		}
 	}
-	dir, err := OpenMountpoint(mi.Target, mi.UID, o.ReadOnly)
+	dir, err := OpenMountpointAs(ctx, mi.Target, Owner{UID: mi.UID, GID: mi.GID, Groups: groups}, o.ReadOnly)
 	if err != nil {
 		return kernel.Config{}, nil, err
 	}
@@ -188,4 +235,25 @@ func Decide(mi *perfuse.MountInfo, admin Options, log *slog.Logger) (kernel.Conf
 		MaxRead:            o.MaxRead,
 		Dir:                dir,
 	}, dir, nil
+}
+
+// MountMax returns mount_max from FuseConf ("mount_max = N", as fusermount3
+// reads it), and whether it is set there.
+func MountMax() (int, bool) {
+	f, err := os.Open(FuseConf)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok || strings.TrimSpace(k) != "mount_max" {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
+			return n, true
+		}
+	}
+	return 0, false
 }

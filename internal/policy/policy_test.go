@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,11 +11,27 @@ import (
 	"github.com/perfuse-go/perfuse"
 )
 
+// TestMain lets the test binary be the mountpoint lookup helper too.
+func TestMain(m *testing.M) {
+	if status, ok := RunHelper(os.Args); ok {
+		os.Exit(status)
+	}
+	os.Exit(m.Run())
+}
+
+// reachableTempDir is a t.TempDir that other users can search.
+func reachableTempDir(t *testing.T) string {
+	base := t.TempDir()
+	os.Chmod(filepath.Dir(base), 0o755)
+	os.Chmod(base, 0o755)
+	return base
+}
+
 func TestOpenMountpoint(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give directories to another owner")
 	}
-	base := t.TempDir()
+	base := reachableTempDir(t)
 	mine, theirs, ro, file := filepath.Join(base, "mine"), filepath.Join(base, "theirs"), filepath.Join(base, "ro"), filepath.Join(base, "file")
 	for _, d := range []string{mine, theirs, ro} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -72,17 +89,17 @@ func TestDecideUserPolicy(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give a directory to another owner")
 	}
-	dir := t.TempDir()
+	dir := reachableTempDir(t)
 	os.Chown(dir, 1000, 1000)
 	conf := filepath.Join(t.TempDir(), "fuse.conf")
 	FuseConf = conf
 	t.Cleanup(func() { FuseConf = "/etc/fuse.conf" })
 	mi := &perfuse.MountInfo{Target: dir, UID: 1000, GID: 1000, Data: "allow_other,suid,dev"}
-	if _, _, err := Decide(mi, Options{}, nil); !errors.Is(err, syscall.EPERM) {
+	if _, _, err := Decide(context.Background(), mi, nil, Options{}, nil); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("allow_other without user_allow_other: %v, want EPERM", err)
 	}
 	os.WriteFile(conf, []byte("# comment\nuser_allow_other\n"), 0o644)
-	cfg, f, err := Decide(mi, Options{}, nil)
+	cfg, f, err := Decide(context.Background(), mi, nil, Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +108,7 @@ func TestDecideUserPolicy(t *testing.T) {
 		t.Errorf("config %+v", cfg)
 	}
 	mi.UID = 0
-	cfg, f, err = Decide(mi, Options{}, nil)
+	cfg, f, err = Decide(context.Background(), mi, nil, Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
