@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -209,6 +210,7 @@ func Decide(ctx context.Context, mi *perfuse.MountInfo, groups []uint32, admin O
 	if admin.Subtype != "" {
 		o.Subtype = admin.Subtype
 	}
+	o.Subtype = subtype(o.Subtype, mi.FSType, log)
 	if admin.MaxRead > 0 && (o.MaxRead == 0 || admin.MaxRead < o.MaxRead) {
 		o.MaxRead = admin.MaxRead
 	}
@@ -236,6 +238,29 @@ func Decide(ctx context.Context, mi *perfuse.MountInfo, groups []uint32, admin O
 		Dir:                dir,
 	}, dir, nil
 }
+
+// subtype is the mount's subtype: the one the options name, else the one
+// in the type the daemon asked for ("fuse.mine" for perfuse.Mount's
+// "fuse.mine"), else none (the kernel binding's "perfuse"). It goes into
+// the kernel's option string, so only a plain name is taken.
+func subtype(opt, fstype string, log *slog.Logger) string {
+	st := opt
+	if st == "" {
+		st, _ = strings.CutPrefix(fstype, "fuse.")
+		if st == fstype {
+			st = "" // "fuse", "fuseblk" or junk: no subtype of its own
+		}
+	}
+	if st != "" && !plainName.MatchString(st) {
+		if log != nil {
+			log.Warn("perfused: subtype ignored: not a plain name", "subtype", st)
+		}
+		return ""
+	}
+	return st
+}
+
+var plainName = regexp.MustCompile(`^[A-Za-z0-9_.+-]{1,64}$`)
 
 // MountMax returns mount_max from FuseConf ("mount_max = N", as fusermount3
 // reads it), and whether it is set there.

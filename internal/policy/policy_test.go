@@ -117,3 +117,22 @@ func TestDecideUserPolicy(t *testing.T) {
 		t.Errorf("root asked suid,dev: %+v", cfg)
 	}
 }
+
+// The type a daemon asks for in perfuse.Mount ("fuse.mine") shows as the
+// mount's subtype unless its options name one; anything but a plain name
+// (it goes into the kernel's option string) is ignored.
+func TestSubtypeFromRequestedType(t *testing.T) {
+	for _, c := range []struct{ opt, fstype, want string }{
+		{"", "fuse.mine", "mine"},
+		{"given", "fuse.mine", "given"},
+		{"", "fuse", ""},
+		{"", "fuseblk", ""},
+		{"", "fuse.a,allow_other", ""},
+		{"x,y", "fuse.mine", ""},
+		{"", "", ""},
+	} {
+		if got := subtype(c.opt, c.fstype, nil); got != c.want {
+			t.Errorf("subtype(%q, %q) = %q, want %q", c.opt, c.fstype, got, c.want)
+		}
+	}
+}
