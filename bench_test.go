@@ -23,7 +23,7 @@ func BenchmarkGetattr(b *testing.B) {
 		in := peerutil.InPayload(&fuse.GetAttrIn{})
 		b.ResetTimer()
 		for range b.N {
-			if h, _ := c.Call(uint32(OpGetattr), RootID, in); h.Status != 0 {
+			if h, _ := c.Call(OpGetattr, RootID, in); h.Status != 0 {
 				b.Fatal(h.Status)
 			}
 		}
@@ -68,18 +68,18 @@ func BenchmarkRead(b *testing.B) {
 	b.Run("raw-client/128K", func(b *testing.B) {
 		c := peerutil.NewClient(b, gofusepeer.ServeLoopback(b, dir))
 		c.Init(31, fuse.CAP_ASYNC_READ|fuse.CAP_BIG_WRITES|fuse.CAP_MAX_PAGES)
-		h, p := c.Call(uint32(OpLookup), RootID, []byte("f\x00"))
+		h, p := c.Call(OpLookup, RootID, []byte("f\x00"))
 		e, _ := peerutil.Decode[fuse.EntryOut](p)
 		if h.Status != 0 {
 			b.Fatal(h.Status)
 		}
-		h, p = c.Call(uint32(OpOpen), e.NodeId, peerutil.InPayload(&fuse.OpenIn{}))
+		h, p = c.Call(OpOpen, e.NodeId, peerutil.InPayload(&fuse.OpenIn{}))
 		o, _ := peerutil.Decode[fuse.OpenOut](p)
 		in := peerutil.InPayload(&fuse.ReadIn{Fh: o.Fh, Size: 128 << 10})
 		b.SetBytes(128 << 10)
 		b.ResetTimer()
 		for range b.N {
-			if h, p := c.Call(uint32(OpRead), e.NodeId, in); h.Status != 0 || len(p) != 128<<10 {
+			if h, p := c.Call(OpRead, e.NodeId, in); h.Status != 0 || len(p) != 128<<10 {
 				b.Fatal(h.Status, len(p))
 			}
 		}

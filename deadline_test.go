@@ -17,8 +17,8 @@ import (
 // deadline's error.
 func TestDaemonThatNeverAnswersHonoursTheDeadline(t *testing.T) {
 	p, u := fakeSession(t, WithInterruptGrace(100*time.Millisecond))
-	p.Expect(uint32(OpGetattr)).NoReply()
-	intr := p.Expect(uint32(OpInterrupt)).NoReply()
+	p.Expect(OpGetattr).NoReply()
+	intr := p.Expect(OpInterrupt).NoReply()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -40,8 +40,8 @@ func TestDaemonThatNeverAnswersHonoursTheDeadline(t *testing.T) {
 // each call's context would.
 func TestRequestTimeoutBoundsEveryRequest(t *testing.T) {
 	p, u := fakeSession(t, WithRequestTimeout(100*time.Millisecond), WithInterruptGrace(50*time.Millisecond))
-	p.Expect(uint32(OpStatfs)).NoReply()
-	p.Expect(uint32(OpInterrupt)).NoReply()
+	p.Expect(OpStatfs).NoReply()
+	p.Expect(OpInterrupt).NoReply()
 	if _, err := u.FsStatvfs(context.Background(), nil); !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("unanswered STATFS: %v, want ETIMEDOUT", err)
 	}
@@ -51,15 +51,15 @@ func TestRequestTimeoutBoundsEveryRequest(t *testing.T) {
 // the lookup it carries is forgotten, the open it carries released.
 func TestLateRepliesAreUndone(t *testing.T) {
 	p, u := fakeSession(t, WithInterruptGrace(20*time.Millisecond))
-	p.Expect(uint32(OpInterrupt)).AnyTimes().NoReply()
+	p.Expect(OpInterrupt).AnyTimes().NoReply()
 	late := func(r fakepeer.Request, parts ...any) [][]byte {
 		time.Sleep(300 * time.Millisecond) // past the caller's deadline and grace
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, parts...)}
 	}
-	p.Expect(uint32(OpLookup)).Name("f").ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpLookup).Name("f").ReplyFunc(func(r fakepeer.Request) [][]byte {
 		return late(r, entryOut(7, syscall.S_IFREG|0o644))
 	})
-	forget := p.Expect(uint32(OpForget)).Nodeid(7).Match(func(h *fuse.InHeader, payload []byte) error {
+	forget := p.Expect(OpForget).Nodeid(7).Match(func(h *fuse.InHeader, payload []byte) error {
 		if n := nativeEndian.Uint64(payload); n != 1 {
 			return errors.New("FORGET of more than the one late lookup")
 		}
@@ -76,15 +76,15 @@ func TestLateRepliesAreUndone(t *testing.T) {
 		t.Fatal("the late entry was never forgotten")
 	}
 
-	p.Expect(uint32(OpLookup)).Name("g").Reply(entryOut(8, syscall.S_IFREG|0o644))
+	p.Expect(OpLookup).Name("g").Reply(entryOut(8, syscall.S_IFREG|0o644))
 	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Expect(uint32(OpOpen)).Nodeid(8).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpOpen).Nodeid(8).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		return late(r, fuse.OpenOut{Fh: 42})
 	})
-	release := p.Expect(uint32(OpRelease)).Nodeid(8).Match(func(h *fuse.InHeader, payload []byte) error {
+	release := p.Expect(OpRelease).Nodeid(8).Match(func(h *fuse.InHeader, payload []byte) error {
 		if fh := nativeEndian.Uint64(payload); fh != 42 {
 			return errors.New("RELEASE of another handle")
 		}
@@ -103,15 +103,15 @@ func TestLateRepliesAreUndone(t *testing.T) {
 	if got := u.Counters()["Late replies undone"]; got != 2 {
 		t.Errorf("%d late replies undone, want 2", got)
 	}
-	p.Expect(uint32(OpForget)).Nodeid(8).AnyTimes()
+	p.Expect(OpForget).Nodeid(8).AnyTimes()
 }
 
 // A daemon whose readdir cookies cycle (1, 2, 1, …) would be read
 // forever: the repeat is found and the listing fails with EIO.
 func TestReaddirCyclingCookiesIsEIO(t *testing.T) {
 	p, u := fakeSession(t)
-	p.Expect(uint32(OpOpendir)).Nodeid(RootID).Reply(fuse.OpenOut{Fh: 3})
-	p.Expect(uint32(OpReaddir)).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpOpendir).Nodeid(RootID).Reply(fuse.OpenOut{Fh: 3})
+	p.Expect(OpReaddir).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
 		in, _ := fakepeer.In[fuse.ReadIn](r)
 		next := uint64(1)
 		if in.Offset == 1 {
@@ -119,7 +119,7 @@ func TestReaddirCyclingCookiesIsEIO(t *testing.T) {
 		}
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, dirent(9, next, 8, "x"))}
 	})
-	p.Expect(uint32(OpReleasedir)).AnyTimes().Reply()
+	p.Expect(OpReleasedir).AnyTimes().Reply()
 	h, err := u.NodeOpen(testCtx(t), nil, u.Root(), os.O_RDONLY|syscall.O_DIRECTORY)
 	if err != nil {
 		t.Fatal(err)
@@ -137,8 +137,8 @@ func TestReaddirCyclingCookiesIsEIO(t *testing.T) {
 // A read of several pieces stops sending once its context has ended.
 func TestReadStopsSendingAfterItsContextEnds(t *testing.T) {
 	p, u := fakeSession(t, WithInterruptGrace(-1))
-	p.Expect(uint32(OpLookup)).Reply(entryOut(5, syscall.S_IFREG|0o644))
-	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 1})
+	p.Expect(OpLookup).Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Reply(fuse.OpenOut{Fh: 1})
 	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
 	if err != nil {
 		t.Fatal(err)
@@ -148,32 +148,32 @@ func TestReadStopsSendingAfterItsContextEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p.Expect(uint32(OpRead)).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpRead).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
 		cancel()
 		return nil
 	})
-	p.Expect(uint32(OpInterrupt)).AnyTimes().NoReply()
+	p.Expect(OpInterrupt).AnyTimes().NoReply()
 	buf := make([]byte, 64*spliceSafeRead)
 	if _, err := u.NodeRead(ctx, nil, h, buf, 0); !errors.Is(err, context.Canceled) {
 		t.Fatalf("read: %v, want the cancellation", err)
 	}
 	n := 0
 	for _, r := range p.Received() {
-		if r.Header.Opcode == uint32(OpRead) {
+		if r.Op() == OpRead {
 			n++
 		}
 	}
 	if n > readPiecesInFlight {
 		t.Errorf("%d READs sent for a read cancelled at its first: want at most the %d in flight", n, readPiecesInFlight)
 	}
-	p.Expect(uint32(OpRelease)).AnyTimes().Reply()
-	p.Expect(uint32(OpForget)).AnyTimes()
+	p.Expect(OpRelease).AnyTimes().Reply()
+	p.Expect(OpForget).AnyTimes()
 }
 
 // A request made with a nil *Cred is this process's.
 func TestNilCredIsTheCallingProcess(t *testing.T) {
 	p, u := fakeSession(t)
-	p.Expect(uint32(OpGetattr)).Match(func(h *fuse.InHeader, _ []byte) error {
+	p.Expect(OpGetattr).Match(func(h *fuse.InHeader, _ []byte) error {
 		if h.Pid != uint32(os.Getpid()) || h.Uid != uint32(os.Getuid()) || h.Gid != uint32(os.Getgid()) {
 			return errors.New("header credentials are not this process's")
 		}

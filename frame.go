@@ -8,162 +8,91 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
-// Opcode is a FUSE request opcode. go-fuse keeps its opcode numbers
-// private, so the kernel's numbering is restated here.
-type Opcode uint32
+// Opcode is a FUSE request opcode (internal/wire holds the table).
+type Opcode = wire.Opcode
 
-// FUSE opcodes, numbered as in the kernel's include/uapi/linux/fuse.h.
+// FUSE opcodes, as in the kernel's include/uapi/linux/fuse.h.
 const (
-	OpLookup          Opcode = 1
-	OpForget          Opcode = 2
-	OpGetattr         Opcode = 3
-	OpSetattr         Opcode = 4
-	OpReadlink        Opcode = 5
-	OpSymlink         Opcode = 6
-	OpMknod           Opcode = 8
-	OpMkdir           Opcode = 9
-	OpUnlink          Opcode = 10
-	OpRmdir           Opcode = 11
-	OpRename          Opcode = 12
-	OpLink            Opcode = 13
-	OpOpen            Opcode = 14
-	OpRead            Opcode = 15
-	OpWrite           Opcode = 16
-	OpStatfs          Opcode = 17
-	OpRelease         Opcode = 18
-	OpFsync           Opcode = 20
-	OpSetxattr        Opcode = 21
-	OpGetxattr        Opcode = 22
-	OpListxattr       Opcode = 23
-	OpRemovexattr     Opcode = 24
-	OpFlush           Opcode = 25
-	OpInit            Opcode = 26
-	OpOpendir         Opcode = 27
-	OpReaddir         Opcode = 28
-	OpReleasedir      Opcode = 29
-	OpFsyncdir        Opcode = 30
-	OpGetlk           Opcode = 31
-	OpSetlk           Opcode = 32
-	OpSetlkw          Opcode = 33
-	OpAccess          Opcode = 34
-	OpCreate          Opcode = 35
-	OpInterrupt       Opcode = 36
-	OpBmap            Opcode = 37
-	OpDestroy         Opcode = 38
-	OpIoctl           Opcode = 39
-	OpPoll            Opcode = 40
-	OpNotifyReply     Opcode = 41
-	OpBatchForget     Opcode = 42
-	OpFallocate       Opcode = 43
-	OpReaddirplus     Opcode = 44
-	OpRename2         Opcode = 45
-	OpLseek           Opcode = 46
-	OpCopyFileRange   Opcode = 47
-	OpSetupmapping    Opcode = 48
-	OpRemovemapping   Opcode = 49
-	OpSyncfs          Opcode = 50
-	OpTmpfile         Opcode = 51
-	OpStatx           Opcode = 52
-	OpCopyFileRange64 Opcode = 53
-	OpCuseInit        Opcode = 4096
+	OpLookup          = wire.OpLookup
+	OpForget          = wire.OpForget
+	OpGetattr         = wire.OpGetattr
+	OpSetattr         = wire.OpSetattr
+	OpReadlink        = wire.OpReadlink
+	OpSymlink         = wire.OpSymlink
+	OpMknod           = wire.OpMknod
+	OpMkdir           = wire.OpMkdir
+	OpUnlink          = wire.OpUnlink
+	OpRmdir           = wire.OpRmdir
+	OpRename          = wire.OpRename
+	OpLink            = wire.OpLink
+	OpOpen            = wire.OpOpen
+	OpRead            = wire.OpRead
+	OpWrite           = wire.OpWrite
+	OpStatfs          = wire.OpStatfs
+	OpRelease         = wire.OpRelease
+	OpFsync           = wire.OpFsync
+	OpSetxattr        = wire.OpSetxattr
+	OpGetxattr        = wire.OpGetxattr
+	OpListxattr       = wire.OpListxattr
+	OpRemovexattr     = wire.OpRemovexattr
+	OpFlush           = wire.OpFlush
+	OpInit            = wire.OpInit
+	OpOpendir         = wire.OpOpendir
+	OpReaddir         = wire.OpReaddir
+	OpReleasedir      = wire.OpReleasedir
+	OpFsyncdir        = wire.OpFsyncdir
+	OpGetlk           = wire.OpGetlk
+	OpSetlk           = wire.OpSetlk
+	OpSetlkw          = wire.OpSetlkw
+	OpAccess          = wire.OpAccess
+	OpCreate          = wire.OpCreate
+	OpInterrupt       = wire.OpInterrupt
+	OpBmap            = wire.OpBmap
+	OpDestroy         = wire.OpDestroy
+	OpIoctl           = wire.OpIoctl
+	OpPoll            = wire.OpPoll
+	OpNotifyReply     = wire.OpNotifyReply
+	OpBatchForget     = wire.OpBatchForget
+	OpFallocate       = wire.OpFallocate
+	OpReaddirplus     = wire.OpReaddirplus
+	OpRename2         = wire.OpRename2
+	OpLseek           = wire.OpLseek
+	OpCopyFileRange   = wire.OpCopyFileRange
+	OpSetupmapping    = wire.OpSetupmapping
+	OpRemovemapping   = wire.OpRemovemapping
+	OpSyncfs          = wire.OpSyncfs
+	OpTmpfile         = wire.OpTmpfile
+	OpStatx           = wire.OpStatx
+	OpCopyFileRange64 = wire.OpCopyFileRange64
+	OpCuseInit        = wire.OpCuseInit
 )
 
 var nativeEndian = binary.NativeEndian
 
 // maxOpcode bounds the per-opcode statistics arrays.
-const maxOpcode = OpCopyFileRange64
+const maxOpcode = wire.MaxOpcode
 
-// Reply sizes that are not one fixed struct.
-const (
-	replyNone     = 0  // the daemon sends only the out header (or nothing)
-	replyVariable = -1 // the operation checks the length itself
-)
-
-// opInfo is one row of the opcode table: the name, the size of the fixed
-// request part that follows the in header, and the reply payload size.
-type opInfo struct {
-	name    string
-	inSize  int
-	outSize int
-}
-
-func inSize[T any]() int  { var v T; return int(unsafe.Sizeof(v)) - inHeaderSize }
-func outSize[T any]() int { var v T; return int(unsafe.Sizeof(v)) }
-
-// renameInCompat is RENAME's payload: RENAME2's flags came later (7.23).
-const renameInCompat = 8
-
-var opTable = map[Opcode]opInfo{
-	OpLookup:          {"LOOKUP", 0, outSize[fuse.EntryOut]()},
-	OpForget:          {"FORGET", inSize[fuse.ForgetIn](), replyNone},
-	OpGetattr:         {"GETATTR", inSize[fuse.GetAttrIn](), outSize[fuse.AttrOut]()},
-	OpSetattr:         {"SETATTR", inSize[fuse.SetAttrIn](), outSize[fuse.AttrOut]()},
-	OpReadlink:        {"READLINK", 0, replyVariable},
-	OpSymlink:         {"SYMLINK", 0, outSize[fuse.EntryOut]()},
-	OpMknod:           {"MKNOD", inSize[fuse.MknodIn](), outSize[fuse.EntryOut]()},
-	OpMkdir:           {"MKDIR", inSize[fuse.MkdirIn](), outSize[fuse.EntryOut]()},
-	OpUnlink:          {"UNLINK", 0, replyNone},
-	OpRmdir:           {"RMDIR", 0, replyNone},
-	OpRename:          {"RENAME", renameInCompat, replyNone},
-	OpLink:            {"LINK", inSize[fuse.LinkIn](), outSize[fuse.EntryOut]()},
-	OpOpen:            {"OPEN", inSize[fuse.OpenIn](), outSize[fuse.OpenOut]()},
-	OpRead:            {"READ", inSize[fuse.ReadIn](), replyVariable},
-	OpWrite:           {"WRITE", inSize[fuse.WriteIn](), outSize[fuse.WriteOut]()},
-	OpStatfs:          {"STATFS", 0, outSize[fuse.StatfsOut]()},
-	OpRelease:         {"RELEASE", inSize[fuse.ReleaseIn](), replyNone},
-	OpFsync:           {"FSYNC", inSize[fuse.FsyncIn](), replyNone},
-	OpSetxattr:        {"SETXATTR", 8, replyNone},
-	OpGetxattr:        {"GETXATTR", inSize[fuse.GetXAttrIn](), replyVariable},
-	OpListxattr:       {"LISTXATTR", inSize[fuse.GetXAttrIn](), replyVariable},
-	OpRemovexattr:     {"REMOVEXATTR", 0, replyNone},
-	OpFlush:           {"FLUSH", inSize[fuse.FlushIn](), replyNone},
-	OpInit:            {"INIT", inSize[fuse.InitIn](), replyVariable},
-	OpOpendir:         {"OPENDIR", inSize[fuse.OpenIn](), outSize[fuse.OpenOut]()},
-	OpReaddir:         {"READDIR", inSize[fuse.ReadIn](), replyVariable},
-	OpReleasedir:      {"RELEASEDIR", inSize[fuse.ReleaseIn](), replyNone},
-	OpFsyncdir:        {"FSYNCDIR", inSize[fuse.FsyncIn](), replyNone},
-	OpGetlk:           {"GETLK", inSize[fuse.LkIn](), outSize[fuse.LkOut]()},
-	OpSetlk:           {"SETLK", inSize[fuse.LkIn](), replyNone},
-	OpSetlkw:          {"SETLKW", inSize[fuse.LkIn](), replyNone},
-	OpAccess:          {"ACCESS", inSize[fuse.AccessIn](), replyNone},
-	OpCreate:          {"CREATE", inSize[fuse.CreateIn](), outSize[fuse.CreateOut]()},
-	OpInterrupt:       {"INTERRUPT", inSize[fuse.InterruptIn](), replyNone},
-	OpBmap:            {"BMAP", 16, 8},
-	OpDestroy:         {"DESTROY", 0, replyNone},
-	OpIoctl:           {"IOCTL", inSize[fuse.IoctlIn](), replyVariable},
-	OpPoll:            {"POLL", 24, 8},
-	OpNotifyReply:     {"NOTIFY_REPLY", inSize[fuse.NotifyRetrieveIn](), replyNone},
-	OpBatchForget:     {"BATCH_FORGET", 8, replyNone},
-	OpFallocate:       {"FALLOCATE", inSize[fuse.FallocateIn](), replyNone},
-	OpReaddirplus:     {"READDIRPLUS", inSize[fuse.ReadIn](), replyVariable},
-	OpRename2:         {"RENAME2", inSize[fuse.RenameIn](), replyNone},
-	OpLseek:           {"LSEEK", inSize[fuse.LseekIn](), outSize[fuse.LseekOut]()},
-	OpCopyFileRange:   {"COPY_FILE_RANGE", inSize[fuse.CopyFileRangeIn](), outSize[fuse.WriteOut]()},
-	OpSetupmapping:    {"SETUPMAPPING", 40, replyNone},
-	OpRemovemapping:   {"REMOVEMAPPING", 4, replyNone},
-	OpSyncfs:          {"SYNCFS", 8, replyNone},
-	OpTmpfile:         {"TMPFILE", inSize[fuse.CreateIn](), outSize[fuse.CreateOut]()},
-	OpStatx:           {"STATX", inSize[fuse.StatxIn](), outSize[fuse.StatxOut]()},
-	OpCopyFileRange64: {"COPY_FILE_RANGE_64", inSize[fuse.CopyFileRangeIn](), 8},
-	OpCuseInit:        {"CUSE_INIT", 16, replyVariable},
+// row returns op's row of the opcode table (zero for an unknown op).
+func row(op Opcode) wire.Op {
+	r, _ := op.Row()
+	return r
 }
 
 // OpName returns the opcode's name, or "UNKNOWN", as perfuse_opname does.
 // Unlike upstream the table covers every opcode up to 53.
 func OpName(op Opcode) string {
-	if info, ok := opTable[op]; ok {
-		return info.name
+	if r, ok := op.Row(); ok {
+		return r.Name
 	}
 	return "UNKNOWN"
 }
 
-func (op Opcode) String() string { return OpName(op) }
-
 const (
-	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
-	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
+	inHeaderSize  = wire.InHeaderSize
+	outHeaderSize = wire.OutHeaderSize
 )
 
 // Message is one exchange with the daemon: the request frame (in header and
@@ -172,6 +101,11 @@ const (
 type Message struct {
 	in  []byte
 	out []byte
+	// dst is where a READ wants its reply's payload; a transport that can
+	// receives it there in place, and payload is then dst's filled part
+	// (out holds the header alone).
+	dst     []byte
+	payload []byte
 }
 
 // NewMessage allocates a request of payloadLen zeroed payload bytes after an
@@ -218,10 +152,19 @@ func (m *Message) Opcode() Opcode {
 
 // SetReply stores the reply frame. Transports call it; the frame is kept,
 // not copied.
-func (m *Message) SetReply(frame []byte) { m.out = frame }
+func (m *Message) SetReply(frame []byte) { m.out, m.payload = frame, nil }
 
-// Reply returns the whole reply frame, nil before the exchange.
+// setReplyInPlace stores a reply whose payload was received into m.dst:
+// hdr is its header, n the payload's length.
+func (m *Message) setReplyInPlace(hdr []byte, n int) { m.out, m.payload = hdr, m.dst[:n] }
+
+// Reply returns the reply frame, nil before the exchange: the whole frame,
+// or its header alone when the payload was received in place.
 func (m *Message) Reply() []byte { return m.out }
+
+// replyLen is the reply frame's length, payload received in place
+// included.
+func (m *Message) replyLen() int { return len(m.out) + len(m.payload) }
 
 // OutHeader returns a copy of the reply header, or false when there is no
 // reply of at least a header's length.
@@ -231,6 +174,9 @@ func (m *Message) OutHeader() (fuse.OutHeader, bool) {
 
 // OutPayload returns the reply payload after the out header.
 func (m *Message) OutPayload() []byte {
+	if m.payload != nil {
+		return m.payload
+	}
 	if len(m.out) < outHeaderSize {
 		return nil
 	}

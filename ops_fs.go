@@ -44,7 +44,7 @@ const (
 )
 
 func (u *Usermount) init(ctx context.Context) error {
-	m := u.newMsg(OpInit, nil, opTable[OpInit].inSize, nil)
+	m := u.newMsg(OpInit, nil, row(OpInit).In, nil)
 	putIn(m, &fuse.InitIn{
 		Major:        ProtocolMajor,
 		Minor:        ProtocolMinor,

@@ -94,7 +94,7 @@ func checkNewName(name string) error {
 // struct, cut to the size the opcode table gives (RENAME and SETXATTR use
 // shorter structs than go-fuse's).
 func fixed[T any](op Opcode, in *T) []byte {
-	return structBytes(in)[inHeaderSize:][:opTable[op].inSize]
+	return structBytes(in)[inHeaderSize:][:row(op).In]
 }
 
 // maxRequest is the largest request frame the daemon was promised: a
@@ -191,7 +191,7 @@ func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 			return nil, err
 		}
 	}
-	m := u.newMsg(OpGetattr, n, opTable[OpGetattr].inSize, cred)
+	m := u.newMsg(OpGetattr, n, row(OpGetattr).In, cred)
 	defer u.destroy(m)
 	in := fuse.GetAttrIn{}
 	if h != nil && !h.dir {
@@ -225,7 +225,7 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	if truncate {
 		flags &^= syscall.O_TRUNC
 	}
-	m := u.newMsg(op, n, opTable[op].inSize, cred)
+	m := u.newMsg(op, n, row(op).In, cred)
 	defer u.destroy(m)
 	f := uint32(flags &^ openStrip)
 	putIn(m, &fuse.OpenIn{Flags: f})
@@ -263,7 +263,7 @@ func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 	if h.dir {
 		op = OpReleasedir
 	}
-	m := u.newMsg(op, h.node, opTable[op].inSize, nil)
+	m := u.newMsg(op, h.node, row(op).In, nil)
 	defer u.destroy(m)
 	putIn(m, &fuse.ReleaseIn{Fh: h.fh, Flags: h.flags, ReleaseFlags: h.releaseFlags(), LockOwner: h.flockOwner.Load()})
 	u.debug(DiagFH, "perfuse: release", "nodeid", h.node.id, "fh", h.fh)
@@ -341,15 +341,19 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 }
 
 func (u *Usermount) readChunk(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
-	m := u.newMsg(OpRead, h.node, opTable[OpRead].inSize, cred)
+	m := u.newMsg(OpRead, h.node, row(OpRead).In, cred)
 	defer u.destroy(m)
 	putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: uint64(off), Size: uint32(len(p)), Flags: h.flags})
+	m.dst = p // the socket transport receives the data there, in place
 	if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
 		return 0, err
 	}
 	data := m.OutPayload()
 	if len(data) > len(p) {
 		return 0, errProto(OpRead, "%d bytes for a read of %d", len(data), len(p))
+	}
+	if len(data) > 0 && &data[0] == &p[0] {
+		return len(data), nil
 	}
 	return copy(p, data), nil
 }
@@ -362,7 +366,7 @@ func (u *Usermount) NodeReclaim(ctx context.Context, n *Node, count uint64) erro
 	if count == 0 {
 		return nil
 	}
-	m := u.newMsg(OpForget, n, opTable[OpForget].inSize, nil)
+	m := u.newMsg(OpForget, n, row(OpForget).In, nil)
 	defer u.destroy(m)
 	putIn(m, &fuse.ForgetIn{Nlookup: count})
 	u.debug(DiagReclaim, "perfuse: forget", "nodeid", n.id, "nlookup", count)
@@ -383,7 +387,7 @@ func (u *Usermount) sendForgets(ctx context.Context, fs []forgetOne) error {
 	var errs []error
 	if len(fs) == 1 || u.limits().minor < 16 {
 		for _, f := range fs {
-			m := u.newMsg(OpForget, f.node, opTable[OpForget].inSize, nil)
+			m := u.newMsg(OpForget, f.node, row(OpForget).In, nil)
 			m.InHeader().NodeId = f.nodeid
 			putIn(m, &fuse.ForgetIn{Nlookup: f.nlookup})
 			u.debug(DiagReclaim, "perfuse: forget", "nodeid", f.nodeid, "nlookup", f.nlookup)

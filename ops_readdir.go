@@ -127,7 +127,7 @@ func (u *Usermount) readdirLoop(ctx context.Context, cred *Cred, h *Handle, off 
 	for {
 		seen[*off] = true
 		size := min(u.limits().maxRead, readdirSize)
-		m := u.newMsg(op, h.node, opTable[op].inSize, cred)
+		m := u.newMsg(op, h.node, row(op).In, cred)
 		putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: *off, Size: uint32(size), Flags: h.flags})
 		if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
 			u.destroy(m)

@@ -28,7 +28,7 @@ func opSession(t *testing.T, maxWrite, flags uint32, opts ...Option) (*fakepeer.
 	t.Helper()
 	p, conn := fakepeer.New(t)
 	p.ServeInit(31, maxWrite, flags)
-	p.Expect(uint32(OpDestroy)).AnyTimes()
+	p.Expect(OpDestroy).AnyTimes()
 	u, err := Attach(testCtx(t), conn, nil, opts...)
 	if err != nil {
 		t.Fatalf("Attach: %v", err)
@@ -65,7 +65,7 @@ func count(p *fakepeer.Peer, op Opcode) int {
 // a test leaves held.
 func atUnmount(p *fakepeer.Peer) {
 	for _, op := range []Opcode{OpForget, OpBatchForget, OpRelease, OpReleasedir} {
-		p.Expect(uint32(op)).AnyTimes()
+		p.Expect(op).AnyTimes()
 	}
 }
 
@@ -84,7 +84,7 @@ func checkHeader(t *testing.T, r fakepeer.Request, nodeid uint64, cred *Cred) {
 
 func lookupNode(t *testing.T, p *fakepeer.Peer, u *Usermount, name string, nodeid uint64, mode uint32) *Node {
 	t.Helper()
-	p.Expect(uint32(OpLookup)).Name(name).Reply(entryOut(nodeid, mode))
+	p.Expect(OpLookup).Name(name).Reply(entryOut(nodeid, mode))
 	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), name)
 	if err != nil {
 		t.Fatalf("lookup %s: %v", name, err)
@@ -98,7 +98,7 @@ func openNode(t *testing.T, p *fakepeer.Peer, u *Usermount, n *Node, flags int, 
 	if n.IsDir() {
 		op = OpOpendir
 	}
-	p.Expect(uint32(op)).Nodeid(n.ID()).Reply(fuse.OpenOut{Fh: fh})
+	p.Expect(op).Nodeid(n.ID()).Reply(fuse.OpenOut{Fh: fh})
 	h, err := u.NodeOpen(testCtx(t), nil, n, flags)
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func openNode(t *testing.T, p *fakepeer.Peer, u *Usermount, n *Node, flags int, 
 
 func TestCreateFrame(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
-	p.Expect(uint32(OpCreate)).Nodeid(1).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o640), fuse.OpenOut{Fh: 0, OpenFlags: fuse.FOPEN_DIRECT_IO})
+	p.Expect(OpCreate).Nodeid(1).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o640), fuse.OpenOut{Fh: 0, OpenFlags: fuse.FOPEN_DIRECT_IO})
 	e, h, err := u.NodeCreate(testCtx(t), caller, u.Root(), "f", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOCTTY, 0o640, 0o022)
 	if err != nil {
 		t.Fatal(err)
@@ -130,8 +130,8 @@ func TestCreateFrame(t *testing.T) {
 		t.Error("HandleFor does not find the open")
 	}
 	// Close: FLUSH with the lock owner, then RELEASE with the open flags.
-	p.Expect(uint32(OpFlush)).Nodeid(7)
-	p.Expect(uint32(OpRelease)).Nodeid(7)
+	p.Expect(OpFlush).Nodeid(7)
+	p.Expect(OpRelease).Nodeid(7)
 	if err := u.NodeClose(testCtx(t), caller, h, 99); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestCreateFrame(t *testing.T) {
 	}
 	// Without DONT_MASK perfuse applies the umask itself.
 	p2, u2 := opSession(t, 128<<10, 0)
-	p2.Expect(uint32(OpCreate)).Reply(entryOut(8, syscall.S_IFREG|0o644), fuse.OpenOut{Fh: 3})
+	p2.Expect(OpCreate).Reply(entryOut(8, syscall.S_IFREG|0o644), fuse.OpenOut{Fh: 3})
 	if _, _, err := u2.NodeCreate(testCtx(t), nil, u2.Root(), "g", syscall.O_WRONLY, 0o666, 0o022); err != nil {
 		t.Fatal(err)
 	}
@@ -161,9 +161,9 @@ func TestCreateFrame(t *testing.T) {
 // the kernel does: a daemon may drop a forgotten node).
 func TestCreateBadEntry(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
-	p.Expect(uint32(OpCreate)).Reply(entryOut(9, syscall.S_IFDIR|0o755), fuse.OpenOut{Fh: 5})
-	p.Expect(uint32(OpRelease)).Nodeid(9)
-	forget := p.Expect(uint32(OpForget)).Nodeid(9)
+	p.Expect(OpCreate).Reply(entryOut(9, syscall.S_IFDIR|0o755), fuse.OpenOut{Fh: 5})
+	p.Expect(OpRelease).Nodeid(9)
+	forget := p.Expect(OpForget).Nodeid(9)
 	if _, _, err := u.NodeCreate(testCtx(t), nil, u.Root(), "f", syscall.O_RDWR, 0o644, 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("create of a directory entry: %v, want EIO", err)
 	}
@@ -181,7 +181,7 @@ func TestCreateBadEntry(t *testing.T) {
 		t.Errorf("order %v, want RELEASE before FORGET", order)
 	}
 	// Nodeid 0 names nothing to release or forget.
-	p.Expect(uint32(OpCreate)).Reply(fuse.EntryOut{}, fuse.OpenOut{Fh: 6})
+	p.Expect(OpCreate).Reply(fuse.EntryOut{}, fuse.OpenOut{Fh: 6})
 	if _, _, err := u.NodeCreate(testCtx(t), nil, u.Root(), "f", syscall.O_RDWR, 0o644, 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("create with nodeid 0: %v, want EIO", err)
 	}
@@ -199,10 +199,10 @@ func TestCreateFallsBackToMknodOpen(t *testing.T) {
 			}
 			p, u := opSession(t, 128<<10, opCaps, opts...)
 			if !viaOption {
-				p.Expect(uint32(OpCreate)).ReplyErrno(syscall.ENOSYS)
+				p.Expect(OpCreate).ReplyErrno(syscall.ENOSYS)
 			}
-			p.Expect(uint32(OpMknod)).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o600))
-			p.Expect(uint32(OpOpen)).Nodeid(7).Reply(fuse.OpenOut{Fh: 4})
+			p.Expect(OpMknod).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o600))
+			p.Expect(OpOpen).Nodeid(7).Reply(fuse.OpenOut{Fh: 4})
 			e, h, err := u.NodeCreate(testCtx(t), caller, u.Root(), "f", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o600, 0)
 			if err != nil {
 				t.Fatal(err)
@@ -215,17 +215,17 @@ func TestCreateFallsBackToMknodOpen(t *testing.T) {
 			checkHeader(t, lastReq(t, p, OpMknod), 1, caller)
 			// Remembered: no CREATE again. An existing name without O_EXCL
 			// is looked up and opened; a failed OPEN gives the lookup back.
-			p.Expect(uint32(OpMknod)).Name("f").ReplyErrno(syscall.EEXIST)
-			p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o600))
-			p.Expect(uint32(OpOpen)).Nodeid(7).ReplyErrno(syscall.EACCES)
-			p.Expect(uint32(OpForget)).Nodeid(7)
+			p.Expect(OpMknod).Name("f").ReplyErrno(syscall.EEXIST)
+			p.Expect(OpLookup).Name("f").Reply(entryOut(7, syscall.S_IFREG|0o600))
+			p.Expect(OpOpen).Nodeid(7).ReplyErrno(syscall.EACCES)
+			p.Expect(OpForget).Nodeid(7)
 			if _, _, err := u.NodeCreate(testCtx(t), caller, u.Root(), "f", syscall.O_RDWR|syscall.O_CREAT, 0o600, 0); !errors.Is(err, syscall.EACCES) {
 				t.Fatalf("create over an existing file: %v, want EACCES", err)
 			}
 			if u.Lookups(e.Node) != 1 {
 				t.Errorf("lookups %d after a failed open, want 1", u.Lookups(e.Node))
 			}
-			p.Expect(uint32(OpMknod)).Name("f").ReplyErrno(syscall.EEXIST)
+			p.Expect(OpMknod).Name("f").ReplyErrno(syscall.EEXIST)
 			if _, _, err := u.NodeCreate(testCtx(t), caller, u.Root(), "f", syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL, 0o600, 0); !errors.Is(err, syscall.EEXIST) {
 				t.Fatalf("O_EXCL create over an existing file: %v, want EEXIST", err)
 			}
@@ -240,7 +240,7 @@ func TestCreateFallsBackToMknodOpen(t *testing.T) {
 func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 	p, u := opSession(t, 128<<10, 0)
 	ctx := testCtx(t)
-	p.Expect(uint32(OpMknod)).Nodeid(1).Name("fifo").Reply(entryOut(10, syscall.S_IFIFO|0o644))
+	p.Expect(OpMknod).Nodeid(1).Name("fifo").Reply(entryOut(10, syscall.S_IFIFO|0o644))
 	if _, err := u.NodeMknod(ctx, caller, u.Root(), "fifo", syscall.S_IFIFO|0o666, 0, 0o022); err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 	if _, err := u.NodeMknod(ctx, caller, u.Root(), "dev", syscall.S_IFCHR|0o600, 0x0103, 0); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("mknod chr by a user: %v, want EPERM", err)
 	}
-	p.Expect(uint32(OpMknod)).Name("dev").Reply(entryOut(11, syscall.S_IFCHR|0o600))
+	p.Expect(OpMknod).Name("dev").Reply(entryOut(11, syscall.S_IFCHR|0o600))
 	if _, err := u.NodeMknod(ctx, nil, u.Root(), "dev", syscall.S_IFCHR|0o600, 0x0103, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 		t.Errorf("mknod of a directory: %v, want EINVAL", err)
 	}
 
-	p.Expect(uint32(OpMkdir)).Nodeid(1).Name("d").Reply(entryOut(12, syscall.S_IFDIR|0o750))
+	p.Expect(OpMkdir).Nodeid(1).Name("d").Reply(entryOut(12, syscall.S_IFDIR|0o750))
 	d, err := u.NodeMkdir(ctx, caller, u.Root(), "d", 0o1777, 0o027)
 	if err != nil {
 		t.Fatal(err)
@@ -273,14 +273,14 @@ func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 		t.Errorf("MKDIR %+v %q", in, r.Payload)
 	}
 	// A created name whose entry has the wrong type is EIO, and forgotten.
-	p.Expect(uint32(OpMkdir)).Name("e").Reply(entryOut(13, syscall.S_IFREG|0o644))
-	forget := p.Expect(uint32(OpForget)).Nodeid(13)
+	p.Expect(OpMkdir).Name("e").Reply(entryOut(13, syscall.S_IFREG|0o644))
+	forget := p.Expect(OpForget).Nodeid(13)
 	if _, err := u.NodeMkdir(ctx, caller, d.Node, "e", 0o755, 0); !errors.Is(err, syscall.EIO) {
 		t.Errorf("mkdir answered with a file: %v, want EIO", err)
 	}
 	<-forget.Done()
 
-	p.Expect(uint32(OpSymlink)).Nodeid(12).Name("sl", "../target").Reply(entryOut(14, syscall.S_IFLNK|0o777))
+	p.Expect(OpSymlink).Nodeid(12).Name("sl", "../target").Reply(entryOut(14, syscall.S_IFLNK|0o777))
 	if _, err := u.NodeSymlink(ctx, caller, d.Node, "sl", "../target"); err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 
 	// LINK counts a lookup on the target (upstream did not).
 	f := lookupNode(t, p, u, "f", 20, syscall.S_IFREG|0o644)
-	p.Expect(uint32(OpLink)).Nodeid(12).Name("hard").Reply(entryOut(20, syscall.S_IFREG|0o644))
+	p.Expect(OpLink).Nodeid(12).Name("hard").Reply(entryOut(20, syscall.S_IFREG|0o644))
 	e, err := u.NodeLink(ctx, caller, f, d.Node, "hard")
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +317,7 @@ func TestMknodMkdirSymlinkLinkFrames(t *testing.T) {
 		}
 	}
 	// Unmount gives every lookup back in one BATCH_FORGET.
-	batch := p.Expect(uint32(OpBatchForget)).Match(func(h *fuse.InHeader, b []byte) error {
+	batch := p.Expect(OpBatchForget).Match(func(h *fuse.InHeader, b []byte) error {
 		got := map[uint64]uint64{}
 		for i := 0; i < int(nativeEndian.Uint32(b)); i++ {
 			got[nativeEndian.Uint64(b[8+16*i:])] = nativeEndian.Uint64(b[16+16*i:])
@@ -335,7 +335,7 @@ func TestRemoveRmdirRenameFrames(t *testing.T) {
 	p, u := opSession(t, 128<<10, 0)
 	ctx := testCtx(t)
 	d := lookupNode(t, p, u, "d", 5, syscall.S_IFDIR|0o755)
-	p.Expect(uint32(OpUnlink)).Nodeid(5).Name("f")
+	p.Expect(OpUnlink).Nodeid(5).Name("f")
 	if err := u.NodeRemove(ctx, caller, d, "f"); err != nil {
 		t.Fatal(err)
 	}
@@ -343,11 +343,11 @@ func TestRemoveRmdirRenameFrames(t *testing.T) {
 		t.Errorf("UNLINK payload %q", r.Payload)
 	}
 	checkHeader(t, lastReq(t, p, OpUnlink), 5, caller)
-	p.Expect(uint32(OpUnlink)).Name("g").ReplyErrno(syscall.ENOENT)
+	p.Expect(OpUnlink).Name("g").ReplyErrno(syscall.ENOENT)
 	if err := u.NodeRemove(ctx, caller, d, "g"); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("unlink of a missing name: %v", err)
 	}
-	p.Expect(uint32(OpRmdir)).Nodeid(1).Name("d").ReplyErrno(syscall.ENOTEMPTY)
+	p.Expect(OpRmdir).Nodeid(1).Name("d").ReplyErrno(syscall.ENOTEMPTY)
 	if err := u.NodeRmdir(ctx, caller, u.Root(), "d"); !errors.Is(err, syscall.ENOTEMPTY) {
 		t.Errorf("rmdir: %v", err)
 	}
@@ -360,7 +360,7 @@ func TestRemoveRmdirRenameFrames(t *testing.T) {
 		t.Errorf("unlink \"..\": %v", err)
 	}
 
-	p.Expect(uint32(OpRename)).Nodeid(1).Name("a", "b")
+	p.Expect(OpRename).Nodeid(1).Name("a", "b")
 	if err := u.NodeRename(ctx, caller, u.Root(), "a", d, "b", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func TestRemoveRmdirRenameFrames(t *testing.T) {
 		t.Errorf("RENAME payload %q", r.Payload)
 	}
 	checkHeader(t, r, 1, caller)
-	p.Expect(uint32(OpRename2)).Name("a", "b")
+	p.Expect(OpRename2).Name("a", "b")
 	if err := u.NodeRename(ctx, caller, u.Root(), "a", d, "b", RenameNoreplace); err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ func TestRemoveRmdirRenameFrames(t *testing.T) {
 		t.Errorf("RENAME2 %+v", in)
 	}
 	// ENOSYS from RENAME2: EINVAL, now and later, without asking again.
-	p.Expect(uint32(OpRename2)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpRename2).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if err := u.NodeRename(ctx, caller, u.Root(), "a", d, "b", RenameExchange); !errors.Is(err, syscall.EINVAL) {
 			t.Errorf("rename2 without daemon support: %v, want EINVAL", err)
@@ -407,7 +407,7 @@ func TestReadlinkReplies(t *testing.T) {
 		{bytes.Repeat([]byte("x"), 4097), "", syscall.EIO},
 		{[]byte("a\x00b"), "", syscall.EIO},
 	} {
-		p.Expect(uint32(OpReadlink)).Nodeid(5).Reply(c.payload)
+		p.Expect(OpReadlink).Nodeid(5).Reply(c.payload)
 		got, err := u.NodeReadlink(testCtx(t), caller, sl)
 		if got != c.want || !errors.Is(err, c.err) && (err != nil || c.err != nil) {
 			t.Errorf("READLINK %.12q: %q %v, want %q %v", c.payload, got, err, c.want, c.err)
@@ -419,13 +419,13 @@ func TestReadlinkReplies(t *testing.T) {
 func TestSetattrFrame(t *testing.T) {
 	p, u := opSession(t, 128<<10, 0)
 	ctx := testCtx(t)
-	p.Expect(uint32(OpLookup)).Name("f").Reply(fuse.EntryOut{NodeId: 5, Attr: fuse.Attr{Ino: 5, Mode: syscall.S_IFREG | 0o644, Atime: 111, Mtime: 222, Mtimensec: 3}})
+	p.Expect(OpLookup).Name("f").Reply(fuse.EntryOut{NodeId: 5, Attr: fuse.Attr{Ino: 5, Mode: syscall.S_IFREG | 0o644, Atime: 111, Mtime: 222, Mtimensec: 3}})
 	e, err := u.NodeLookup(ctx, nil, u.Root(), "f")
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := openNode(t, p, u, e.Node, syscall.O_RDWR, 9)
-	p.Expect(uint32(OpSetattr)).Nodeid(5).Reply(fuse.AttrOut{Attr: fuse.Attr{Ino: 5, Mode: syscall.S_IFREG | 0o600, Size: 10, Owner: fuse.Owner{Uid: 7}}})
+	p.Expect(OpSetattr).Nodeid(5).Reply(fuse.AttrOut{Attr: fuse.Attr{Ino: 5, Mode: syscall.S_IFREG | 0o600, Size: 10, Owner: fuse.Owner{Uid: 7}}})
 	out, err := u.NodeSetattr(ctx, caller, e.Node, h, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{
 		Valid: fuse.FATTR_SIZE | fuse.FATTR_MODE | fuse.FATTR_LOCKOWNER, Size: 10, Mode: 0o600, LockOwner: 77}})
 	if err != nil || out.Size != 10 {
@@ -445,21 +445,21 @@ func TestSetattrFrame(t *testing.T) {
 		t.Errorf("access by another user: %v", err)
 	}
 	// Nothing to change: GETATTR instead.
-	p.Expect(uint32(OpGetattr)).Nodeid(5).Reply(attrOut(5, syscall.S_IFREG|0o600, 10))
+	p.Expect(OpGetattr).Nodeid(5).Reply(attrOut(5, syscall.S_IFREG|0o600, 10))
 	if _, err := u.NodeSetattr(ctx, nil, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_LOCKOWNER}}); err != nil {
 		t.Fatal(err)
 	}
 	if count(p, OpSetattr) != 1 {
 		t.Errorf("%d SETATTRs for nothing to change", count(p, OpSetattr))
 	}
-	p.Expect(uint32(OpSetattr)).ReplyErrno(syscall.EPERM)
+	p.Expect(OpSetattr).ReplyErrno(syscall.EPERM)
 	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_UID, Owner: fuse.Owner{Uid: 0}}}); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("chown refused: %v", err)
 	}
 	if in, _ := fakepeer.In[fuse.SetAttrIn](lastReq(t, p, OpSetattr)); in.Valid != fuse.FATTR_UID {
 		t.Errorf("SETATTR without handle has valid %#x", in.Valid)
 	}
-	p.Expect(uint32(OpSetattr)).Reply(make([]byte, 50))
+	p.Expect(OpSetattr).Reply(make([]byte, 50))
 	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_MODE}}); !errors.Is(err, syscall.EPROTO) {
 		t.Errorf("short SETATTR reply: %v", err)
 	}
@@ -473,7 +473,7 @@ func TestAccess(t *testing.T) {
 	// Emulated by default: no FUSE_ACCESS, the cached mode decides (a
 	// GETATTR fetches it when none is cached).
 	p, u := opSession(t, 128<<10, 0)
-	p.Expect(uint32(OpGetattr)).Nodeid(1).Reply(fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o750, Owner: fuse.Owner{Uid: 10, Gid: 20}}})
+	p.Expect(OpGetattr).Nodeid(1).Reply(fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o750, Owner: fuse.Owner{Uid: 10, Gid: 20}}})
 	for _, c := range []struct {
 		cred *Cred
 		mask uint32
@@ -501,7 +501,7 @@ func TestAccess(t *testing.T) {
 	// enable_access: FUSE_ACCESS with the mask and the caller; ENOSYS
 	// switches to emulation for good.
 	p2, u2 := opSession(t, 128<<10, 0, WithAccess(true))
-	p2.Expect(uint32(OpAccess)).Nodeid(1).ReplyErrno(syscall.EACCES)
+	p2.Expect(OpAccess).Nodeid(1).ReplyErrno(syscall.EACCES)
 	if err := u2.NodeAccess(testCtx(t), caller, u2.Root(), AccessRead|AccessExec); !errors.Is(err, syscall.EACCES) {
 		t.Errorf("ACCESS refused: %v", err)
 	}
@@ -510,8 +510,8 @@ func TestAccess(t *testing.T) {
 	if in, _ := fakepeer.In[fuse.AccessIn](r); in.Mask != 5 {
 		t.Errorf("ACCESS mask %d", in.Mask)
 	}
-	p2.Expect(uint32(OpAccess)).ReplyErrno(syscall.ENOSYS)
-	p2.Expect(uint32(OpGetattr)).Reply(attrOut(1, syscall.S_IFDIR|0o755, 0))
+	p2.Expect(OpAccess).ReplyErrno(syscall.ENOSYS)
+	p2.Expect(OpGetattr).Reply(attrOut(1, syscall.S_IFDIR|0o755, 0))
 	if err := u2.NodeAccess(testCtx(t), caller, u2.Root(), AccessRead); err != nil {
 		t.Errorf("after ENOSYS: %v", err)
 	}
@@ -534,7 +534,7 @@ func TestWriteChunksAndReplies(t *testing.T) {
 	}
 	var mu sync.Mutex // the peer's goroutine writes got, the test reads it
 	var got bytes.Buffer
-	p.Expect(uint32(OpWrite)).Nodeid(5).Times(3).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpWrite).Nodeid(5).Times(3).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		in, _ := fakepeer.In[fuse.WriteIn](r)
 		mu.Lock()
 		defer mu.Unlock()
@@ -553,7 +553,7 @@ func TestWriteChunksAndReplies(t *testing.T) {
 	}
 	if sizes := []int{}; true {
 		for _, r := range p.Received() {
-			if r.Header.Opcode == uint32(OpWrite) {
+			if r.Op() == OpWrite {
 				sizes = append(sizes, len(r.Payload)-40)
 			}
 		}
@@ -562,17 +562,17 @@ func TestWriteChunksAndReplies(t *testing.T) {
 		}
 	}
 	// A short reply ends the write there; 0 bytes or more than sent is EIO.
-	p.Expect(uint32(OpWrite)).Reply(fuse.WriteOut{Size: 10})
+	p.Expect(OpWrite).Reply(fuse.WriteOut{Size: 10})
 	if n, err := u.NodeWrite(testCtx(t), nil, h, data, 0, 0, 0); n != 10 || err != nil {
 		t.Errorf("short write: %d %v", n, err)
 	}
 	for _, size := range []uint32{0, 20001} {
-		p.Expect(uint32(OpWrite)).Reply(fuse.WriteOut{Size: size})
+		p.Expect(OpWrite).Reply(fuse.WriteOut{Size: size})
 		if _, err := u.NodeWrite(testCtx(t), nil, h, data[:8000], 0, 0, 0); !errors.Is(err, syscall.EIO) {
 			t.Errorf("write answered %d: %v, want EIO", size, err)
 		}
 	}
-	p.Expect(uint32(OpWrite)).ReplyErrno(syscall.ENOSPC)
+	p.Expect(OpWrite).ReplyErrno(syscall.ENOSPC)
 	if _, err := u.NodeWrite(testCtx(t), nil, h, data[:10], 0, 0, 0); !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("ENOSPC: %v", err)
 	}
@@ -581,8 +581,8 @@ func TestWriteChunksAndReplies(t *testing.T) {
 	}
 	// O_APPEND: GETATTR for the size, then the write there.
 	ha := openNode(t, p, u, f, syscall.O_WRONLY|syscall.O_APPEND, 4)
-	p.Expect(uint32(OpGetattr)).Nodeid(5).Reply(attrOut(5, syscall.S_IFREG|0o644, 12345))
-	p.Expect(uint32(OpWrite)).Reply(fuse.WriteOut{Size: 3})
+	p.Expect(OpGetattr).Nodeid(5).Reply(attrOut(5, syscall.S_IFREG|0o644, 12345))
+	p.Expect(OpWrite).Reply(fuse.WriteOut{Size: 3})
 	if _, err := u.NodeWrite(testCtx(t), nil, ha, []byte("abc"), 0, 0, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -611,8 +611,8 @@ func TestFlushFsyncFallocateENOSYS(t *testing.T) {
 	h := openNode(t, p, u, f, syscall.O_RDWR, 3)
 	dh := openNode(t, p, u, u.Root(), syscall.O_RDONLY, 4)
 
-	p.Expect(uint32(OpFsync)).Nodeid(5)
-	p.Expect(uint32(OpFsyncdir)).Nodeid(1)
+	p.Expect(OpFsync).Nodeid(5)
+	p.Expect(OpFsyncdir).Nodeid(1)
 	if err := u.NodeFsync(ctx, caller, h, true); err != nil {
 		t.Fatal(err)
 	}
@@ -625,8 +625,8 @@ func TestFlushFsyncFallocateENOSYS(t *testing.T) {
 		t.Errorf("FSYNC %+v FSYNCDIR %+v", fs, fd)
 	}
 	// ENOSYS is success and not asked again: FLUSH, FSYNC.
-	p.Expect(uint32(OpFsync)).ReplyErrno(syscall.ENOSYS)
-	p.Expect(uint32(OpFlush)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpFsync).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpFlush).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if err := u.NodeFsync(ctx, nil, h, false); err != nil {
 			t.Errorf("fsync after ENOSYS: %v", err)
@@ -639,18 +639,18 @@ func TestFlushFsyncFallocateENOSYS(t *testing.T) {
 		t.Errorf("flush of a directory: %v, %d FLUSH", err, count(p, OpFlush))
 	}
 
-	p.Expect(uint32(OpFallocate)).Nodeid(5)
+	p.Expect(OpFallocate).Nodeid(5)
 	if err := u.NodeFallocate(ctx, caller, h, 0, 4096, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	if in, _ := fakepeer.In[fuse.FallocateIn](lastReq(t, p, OpFallocate)); in.Fh != 3 || in.Offset != 4096 || in.Length != 1<<20 || in.Mode != 0 {
 		t.Errorf("FALLOCATE %+v", in)
 	}
-	p.Expect(uint32(OpFallocate)).ReplyErrno(syscall.EOPNOTSUPP)
+	p.Expect(OpFallocate).ReplyErrno(syscall.EOPNOTSUPP)
 	if err := u.NodeFallocate(ctx, nil, h, 3, 0, 10); !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Errorf("fallocate EOPNOTSUPP: %v", err)
 	}
-	p.Expect(uint32(OpFallocate)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpFallocate).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if err := u.NodeFallocate(ctx, nil, h, 0, 0, 10); !errors.Is(err, syscall.EOPNOTSUPP) {
 			t.Errorf("fallocate after ENOSYS: %v", err)
@@ -673,20 +673,20 @@ func TestLseekCopyPoll(t *testing.T) {
 	h := openNode(t, p, u, f, syscall.O_RDWR, 3)
 	hg := openNode(t, p, u, g, syscall.O_RDWR, 4)
 
-	p.Expect(uint32(OpLseek)).Nodeid(5).Reply(fuse.LseekOut{Offset: 8192})
+	p.Expect(OpLseek).Nodeid(5).Reply(fuse.LseekOut{Offset: 8192})
 	if off, err := u.NodeLseek(ctx, caller, h, 100, SeekHole); err != nil || off != 8192 {
 		t.Fatalf("SEEK_HOLE: %d %v", off, err)
 	}
 	if in, _ := fakepeer.In[fuse.LseekIn](lastReq(t, p, OpLseek)); in.Fh != 3 || in.Offset != 100 || in.Whence != SeekHole {
 		t.Errorf("LSEEK %+v", in)
 	}
-	p.Expect(uint32(OpLseek)).ReplyErrno(syscall.ENXIO)
+	p.Expect(OpLseek).ReplyErrno(syscall.ENXIO)
 	if _, err := u.NodeLseek(ctx, caller, h, 1<<30, SeekData); !errors.Is(err, syscall.ENXIO) {
 		t.Errorf("SEEK_DATA past the end: %v", err)
 	}
 	// ENOSYS: as the kernel, all data up to the size (GETATTR).
-	p.Expect(uint32(OpLseek)).ReplyErrno(syscall.ENOSYS)
-	p.Expect(uint32(OpGetattr)).Times(4).Reply(attrOut(5, syscall.S_IFREG|0o644, 1000))
+	p.Expect(OpLseek).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpGetattr).Times(4).Reply(attrOut(5, syscall.S_IFREG|0o644, 1000))
 	for _, c := range []struct {
 		off    int64
 		whence uint32
@@ -708,25 +708,25 @@ func TestLseekCopyPoll(t *testing.T) {
 		t.Errorf("%d LSEEK sent, want 3", count(p, OpLseek))
 	}
 
-	p.Expect(uint32(OpCopyFileRange)).Nodeid(5).Reply(fuse.WriteOut{Size: 500})
+	p.Expect(OpCopyFileRange).Nodeid(5).Reply(fuse.WriteOut{Size: 500})
 	if n, err := u.NodeCopyFileRange(ctx, caller, h, 10, hg, 20, 500, 0); n != 500 || err != nil {
 		t.Fatalf("copy_file_range: %d %v", n, err)
 	}
 	if in, _ := fakepeer.In[fuse.CopyFileRangeIn](lastReq(t, p, OpCopyFileRange)); in.FhIn != 3 || in.OffIn != 10 || in.NodeIdOut != 6 || in.FhOut != 4 || in.OffOut != 20 || in.Len != 500 {
 		t.Errorf("COPY_FILE_RANGE %+v", in)
 	}
-	p.Expect(uint32(OpCopyFileRange)).Reply(fuse.WriteOut{Size: 501})
+	p.Expect(OpCopyFileRange).Reply(fuse.WriteOut{Size: 501})
 	if _, err := u.NodeCopyFileRange(ctx, caller, h, 0, hg, 0, 500, 0); !errors.Is(err, syscall.EIO) {
 		t.Errorf("copy answered more than asked: %v", err)
 	}
-	p.Expect(uint32(OpCopyFileRange)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpCopyFileRange).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if _, err := u.NodeCopyFileRange(ctx, caller, h, 0, hg, 0, 500, 0); !errors.Is(err, syscall.EOPNOTSUPP) {
 			t.Errorf("copy after ENOSYS: %v", err)
 		}
 	}
 
-	p.Expect(uint32(OpPoll)).Nodeid(5).Reply(uint32(PollIn), uint32(0))
+	p.Expect(OpPoll).Nodeid(5).Reply(uint32(PollIn), uint32(0))
 	if ev, err := u.NodePoll(ctx, caller, h, 77, PollScheduleNotify, PollIn|PollOut); ev != PollIn || err != nil {
 		t.Fatalf("poll: %#x %v", ev, err)
 	}
@@ -734,7 +734,7 @@ func TestLseekCopyPoll(t *testing.T) {
 	if fh, kh, fl, ev := nativeEndian.Uint64(r.Payload), nativeEndian.Uint64(r.Payload[8:]), nativeEndian.Uint32(r.Payload[16:]), nativeEndian.Uint32(r.Payload[20:]); fh != 3 || kh != 77 || fl != 1 || ev != PollIn|PollOut {
 		t.Errorf("POLL fh %d kh %d flags %d events %#x", fh, kh, fl, ev)
 	}
-	p.Expect(uint32(OpPoll)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpPoll).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if ev, err := u.NodePoll(ctx, caller, h, 0, 0, PollIn|PollOut|0x8); ev != PollIn|PollOut || err != nil {
 			t.Errorf("poll after ENOSYS: %#x %v", ev, err)
@@ -764,7 +764,7 @@ func TestAdvlockFrames(t *testing.T) {
 	}
 	lk := fuse.FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK, Pid: 42}
 	for _, op := range []Opcode{OpSetlk, OpSetlkw} {
-		p.Expect(uint32(op)).Nodeid(5)
+		p.Expect(op).Nodeid(5)
 		if _, err := u.NodeAdvlock(ctx, caller, h, op, 0xabc, lk, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -774,15 +774,15 @@ func TestAdvlockFrames(t *testing.T) {
 		}
 	}
 	conflict := fuse.FileLock{Start: 50, End: 60, Typ: syscall.F_RDLCK, Pid: 7}
-	p.Expect(uint32(OpGetlk)).Reply(fuse.LkOut{Lk: conflict})
+	p.Expect(OpGetlk).Reply(fuse.LkOut{Lk: conflict})
 	if got, err := u.NodeAdvlock(ctx, caller, h, OpGetlk, 1, lk, 0); err != nil || got != conflict {
 		t.Errorf("GETLK: %+v %v", got, err)
 	}
-	p.Expect(uint32(OpGetlk)).Reply(fuse.LkOut{Lk: fuse.FileLock{Start: 9, End: 1, Typ: syscall.F_WRLCK}})
+	p.Expect(OpGetlk).Reply(fuse.LkOut{Lk: fuse.FileLock{Start: 9, End: 1, Typ: syscall.F_WRLCK}})
 	if _, err := u.NodeAdvlock(ctx, caller, h, OpGetlk, 1, lk, 0); !errors.Is(err, syscall.EPROTO) {
 		t.Errorf("GETLK with an inverted range: %v", err)
 	}
-	p.Expect(uint32(OpSetlk)).ReplyErrno(syscall.EAGAIN)
+	p.Expect(OpSetlk).ReplyErrno(syscall.EAGAIN)
 	if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 2, lk, 0); !errors.Is(err, syscall.EAGAIN) {
 		t.Errorf("conflicting SETLK: %v", err)
 	}
@@ -795,7 +795,7 @@ func TestAdvlockFrames(t *testing.T) {
 		t.Errorf("advlock op READ: %v", err)
 	}
 	// flock: LK_FLOCK on the whole file; RELEASE then unlocks it.
-	p.Expect(uint32(OpSetlk)).Match(func(_ *fuse.InHeader, b []byte) error {
+	p.Expect(OpSetlk).Match(func(_ *fuse.InHeader, b []byte) error {
 		if nativeEndian.Uint32(b[40:]) != fuse.LK_FLOCK {
 			return fmt.Errorf("lk_flags %d", nativeEndian.Uint32(b[40:]))
 		}
@@ -804,7 +804,7 @@ func TestAdvlockFrames(t *testing.T) {
 	if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 0xf11e, fuse.FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}, fuse.LK_FLOCK); err != nil {
 		t.Fatal(err)
 	}
-	p.Expect(uint32(OpRelease)).Nodeid(5)
+	p.Expect(OpRelease).Nodeid(5)
 	if err := u.NodeRelease(ctx, h); err != nil {
 		t.Fatal(err)
 	}
@@ -830,11 +830,11 @@ func TestXattrFrames(t *testing.T) {
 	ctx := testCtx(t)
 	f := lookupNode(t, p, u, "f", 5, syscall.S_IFREG|0o644)
 	// Size probe: getxattr_out; then the value.
-	p.Expect(uint32(OpGetxattr)).Nodeid(5).Name("user.k").Reply(fuse.GetXAttrOut{Size: 5})
+	p.Expect(OpGetxattr).Nodeid(5).Name("user.k").Reply(fuse.GetXAttrOut{Size: 5})
 	if v, n, err := u.NodeGetextattr(ctx, caller, f, "user.k", 0); v != nil || n != 5 || err != nil {
 		t.Fatalf("probe: %q %d %v", v, n, err)
 	}
-	p.Expect(uint32(OpGetxattr)).Name("user.k").Reply([]byte("value"))
+	p.Expect(OpGetxattr).Name("user.k").Reply([]byte("value"))
 	if v, n, err := u.NodeGetextattr(ctx, caller, f, "user.k", 100); string(v) != "value" || n != 5 || err != nil {
 		t.Fatalf("get: %q %d %v", v, n, err)
 	}
@@ -843,15 +843,15 @@ func TestXattrFrames(t *testing.T) {
 	if nativeEndian.Uint32(r.Payload) != 100 || string(r.Payload[8:]) != "user.k\x00" {
 		t.Errorf("GETXATTR payload %q", r.Payload)
 	}
-	p.Expect(uint32(OpGetxattr)).ReplyErrno(syscall.ERANGE)
+	p.Expect(OpGetxattr).ReplyErrno(syscall.ERANGE)
 	if _, _, err := u.NodeGetextattr(ctx, caller, f, "user.k", 2); !errors.Is(err, syscall.ERANGE) {
 		t.Errorf("small buffer: %v", err)
 	}
-	p.Expect(uint32(OpGetxattr)).Reply([]byte("too long"))
+	p.Expect(OpGetxattr).Reply([]byte("too long"))
 	if _, _, err := u.NodeGetextattr(ctx, caller, f, "user.k", 2); !errors.Is(err, syscall.EPROTO) {
 		t.Errorf("reply beyond the buffer: %v", err)
 	}
-	p.Expect(uint32(OpSetxattr)).Nodeid(5)
+	p.Expect(OpSetxattr).Nodeid(5)
 	if err := u.NodeSetextattr(ctx, caller, f, "user.k", []byte("v\x00w"), xattrCreate); err != nil {
 		t.Fatal(err)
 	}
@@ -859,8 +859,8 @@ func TestXattrFrames(t *testing.T) {
 	if nativeEndian.Uint32(r.Payload) != 3 || nativeEndian.Uint32(r.Payload[4:]) != xattrCreate || string(r.Payload[8:]) != "user.k\x00v\x00w" {
 		t.Errorf("SETXATTR payload %q", r.Payload)
 	}
-	p.Expect(uint32(OpListxattr)).Nodeid(5).Reply(fuse.GetXAttrOut{Size: 14})
-	p.Expect(uint32(OpListxattr)).Reply([]byte("user.a\x00user.b\x00"))
+	p.Expect(OpListxattr).Nodeid(5).Reply(fuse.GetXAttrOut{Size: 14})
+	p.Expect(OpListxattr).Reply([]byte("user.a\x00user.b\x00"))
 	if _, n, err := u.NodeListextattr(ctx, caller, f, 0); n != 14 || err != nil {
 		t.Errorf("list probe: %d %v", n, err)
 	}
@@ -868,12 +868,12 @@ func TestXattrFrames(t *testing.T) {
 		t.Errorf("list: %q %v", l, err)
 	}
 	for _, bad := range []string{"user.a", "user.a\x00\x00", "\x00"} {
-		p.Expect(uint32(OpListxattr)).Reply([]byte(bad))
+		p.Expect(OpListxattr).Reply([]byte(bad))
 		if _, _, err := u.NodeListextattr(ctx, caller, f, 100); !errors.Is(err, syscall.EPROTO) {
 			t.Errorf("list %q: %v", bad, err)
 		}
 	}
-	p.Expect(uint32(OpRemovexattr)).Nodeid(5).Name("user.k")
+	p.Expect(OpRemovexattr).Nodeid(5).Name("user.k")
 	if err := u.NodeDeleteextattr(ctx, caller, f, "user.k"); err != nil {
 		t.Fatal(err)
 	}
@@ -900,7 +900,7 @@ func TestXattrFrames(t *testing.T) {
 		t.Errorf("setxattr flags 4: %v", err)
 	}
 	// ENOSYS: EOPNOTSUPP, remembered.
-	p.Expect(uint32(OpSetxattr)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpSetxattr).ReplyErrno(syscall.ENOSYS)
 	for i := 0; i < 2; i++ {
 		if err := u.NodeSetextattr(ctx, nil, f, "user.k", nil, 0); !errors.Is(err, syscall.EOPNOTSUPP) {
 			t.Errorf("setxattr after ENOSYS: %v", err)
@@ -928,7 +928,7 @@ func TestPayloadOverMaximum(t *testing.T) {
 func TestNotifyReplyFrame(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	f := lookupNode(t, p, u, "f", 5, syscall.S_IFREG|0o644)
-	got := p.Expect(uint32(OpNotifyReply)).Nodeid(5).NoReply()
+	got := p.Expect(OpNotifyReply).Nodeid(5).NoReply()
 	if err := u.NotifyReply(testCtx(t), 12345, f, 4096, []byte("cached")); err != nil {
 		t.Fatal(err)
 	}
@@ -949,8 +949,8 @@ func TestReaddirplusCounts(t *testing.T) {
 	dh := openNode(t, p, u, u.Root(), syscall.O_RDONLY, 3)
 	reply := concat(direntPlus(1, 1, 1, 4, "."), direntPlus(1, 1, 2, 4, ".."), direntPlus(10, 100, 3, 8, "a"),
 		direntPlus(0, 101, 4, 8, "nolookup"), direntPlus(11, 102, 5, 8, "b"), direntPlus(12, 103, 6, 4, "c"))
-	p.Expect(uint32(OpReaddirplus)).Nodeid(1).Reply(reply)
-	batch := p.Expect(uint32(OpBatchForget)).Match(func(h *fuse.InHeader, b []byte) error {
+	p.Expect(OpReaddirplus).Nodeid(1).Reply(reply)
+	batch := p.Expect(OpBatchForget).Match(func(h *fuse.InHeader, b []byte) error {
 		if n := nativeEndian.Uint32(b); n != 2 || nativeEndian.Uint64(b[8:]) != 11 || nativeEndian.Uint64(b[16:]) != 1 ||
 			nativeEndian.Uint64(b[24:]) != 12 || nativeEndian.Uint64(b[32:]) != 1 {
 			return fmt.Errorf("batch %x", b)
@@ -983,13 +983,13 @@ func TestReaddirplusCounts(t *testing.T) {
 		t.Errorf("READDIRPLUS %+v", in)
 	}
 	// Resuming from the last entry taken reads on from its cookie.
-	p.Expect(uint32(OpReaddirplus)).Match(func(_ *fuse.InHeader, b []byte) error {
+	p.Expect(OpReaddirplus).Match(func(_ *fuse.InHeader, b []byte) error {
 		if off := nativeEndian.Uint64(b[8:]); off != 4 {
 			return fmt.Errorf("offset %d", off)
 		}
 		return nil
 	}).Reply(direntPlus(11, 102, 5, 8, "b"))
-	p.Expect(uint32(OpReaddirplus)).Reply()
+	p.Expect(OpReaddirplus).Reply()
 	if err := u.NodeReaddirplus(testCtx(t), caller, dh, 4, func(d DirentPlus) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
@@ -1011,15 +1011,15 @@ func TestReaddirplusCounts(t *testing.T) {
 func TestReaddirFallsBackToReaddirplus(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	dh := openNode(t, p, u, u.Root(), syscall.O_RDONLY, 3)
-	p.Expect(uint32(OpReaddir)).ReplyErrno(syscall.ENOSYS)
+	p.Expect(OpReaddir).ReplyErrno(syscall.ENOSYS)
 	plus := concat(direntPlus(0, 1, 1, 4, "."), direntPlus(10, 100, 2, 8, "a"), direntPlus(11, 101, 3, 8, "b"))
-	p.Expect(uint32(OpReaddirplus)).Times(2).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpReaddirplus).Times(2).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		if in, _ := fakepeer.In[fuse.ReadIn](r); in.Offset != 0 {
 			return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0)}
 		}
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, plus)}
 	})
-	batch := p.Expect(uint32(OpBatchForget)).Match(func(h *fuse.InHeader, b []byte) error {
+	batch := p.Expect(OpBatchForget).Match(func(h *fuse.InHeader, b []byte) error {
 		if nativeEndian.Uint32(b) != 2 {
 			return fmt.Errorf("count %d", nativeEndian.Uint32(b))
 		}
@@ -1031,8 +1031,8 @@ func TestReaddirFallsBackToReaddirplus(t *testing.T) {
 	}
 	<-batch.Done()
 	// Remembered: straight to READDIRPLUS; the refusal gives back all.
-	p.Expect(uint32(OpReaddirplus)).Reply(plus)
-	batch2 := p.Expect(uint32(OpBatchForget))
+	p.Expect(OpReaddirplus).Reply(plus)
+	batch2 := p.Expect(OpBatchForget)
 	if err := u.NodeReaddir(testCtx(t), nil, dh, 0, func(d Dirent) bool { return d.Name == "." }); err != nil {
 		t.Fatal(err)
 	}
@@ -1053,8 +1053,8 @@ func TestUnmountBalances(t *testing.T) {
 	if err := u.FsUnmountForce(testCtx(t), false); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("unmount with an open: %v, want EBUSY", err)
 	}
-	p.Expect(uint32(OpRelease)).Nodeid(5)
-	forget := p.Expect(uint32(OpForget)).Nodeid(5).Match(func(_ *fuse.InHeader, b []byte) error {
+	p.Expect(OpRelease).Nodeid(5)
+	forget := p.Expect(OpForget).Nodeid(5).Match(func(_ *fuse.InHeader, b []byte) error {
 		if n := nativeEndian.Uint64(b); n != 2 {
 			return fmt.Errorf("nlookup %d", n)
 		}
@@ -1080,7 +1080,7 @@ func TestUnmountBalances(t *testing.T) {
 func TestPathconfPrintInactive(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	ctx := testCtx(t)
-	p.Expect(uint32(OpStatfs)).Nodeid(1).Reply(fuse.StatfsOut{NameLen: 143})
+	p.Expect(OpStatfs).Nodeid(1).Reply(fuse.StatfsOut{NameLen: 143})
 	if v, err := u.NodePathconf(ctx, nil, u.Root(), PcNameMax); v != 143 || err != nil {
 		t.Errorf("NAME_MAX: %d %v", v, err)
 	}
@@ -1096,7 +1096,7 @@ func TestPathconfPrintInactive(t *testing.T) {
 	}
 	openNode(t, p, u, f, syscall.O_RDONLY, 1)
 	openNode(t, p, u, f, syscall.O_RDONLY, 2)
-	p.Expect(uint32(OpRelease)).Nodeid(5).Times(2)
+	p.Expect(OpRelease).Nodeid(5).Times(2)
 	if err := u.NodeInactive(ctx, f); err != nil || u.OpenHandles() != 0 {
 		t.Errorf("inactive: %v, %d opens left", err, u.OpenHandles())
 	}
@@ -1110,9 +1110,9 @@ func TestPathconfPrintInactive(t *testing.T) {
 // another open in the daemon.
 func TestReleasedHandleRefused(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
-	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
-	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 1})
-	p.Expect(uint32(OpRelease))
+	p.Expect(OpLookup).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Reply(fuse.OpenOut{Fh: 1})
+	p.Expect(OpRelease)
 	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
 	if err != nil {
 		t.Fatal(err)
@@ -1140,14 +1140,14 @@ func TestReleasedHandleRefused(t *testing.T) {
 // 0 on the new handle truncates, as the kernel's VFS does.
 func TestOpenTruncWithoutAtomicOTrunc(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps&^fuse.CAP_ATOMIC_O_TRUNC)
-	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
-	p.Expect(uint32(OpOpen)).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpLookup).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Match(func(h *fuse.InHeader, payload []byte) error {
 		if f := nativeEndian.Uint32(payload); f&syscall.O_TRUNC != 0 {
 			return fmt.Errorf("O_TRUNC sent: %#o", f)
 		}
 		return nil
 	}).Reply(fuse.OpenOut{Fh: 4})
-	p.Expect(uint32(OpSetattr)).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpSetattr).Match(func(h *fuse.InHeader, payload []byte) error {
 		var in fuse.SetAttrIn
 		copy(structBytes(&in)[inHeaderSize:], payload)
 		if in.Valid != fuse.FATTR_SIZE|fuse.FATTR_FH || in.Size != 0 || in.Fh != 4 {
@@ -1171,9 +1171,9 @@ func TestLookupReusesNodesAndKeepsTTLs(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	e := entryOut(6, syscall.S_IFDIR|0o755)
 	e.EntryValid, e.EntryValidNsec, e.AttrValid, e.AttrValidNsec = 3, 500, 7, 9
-	p.Expect(uint32(OpLookup)).Name("a").Reply(e)
-	p.Expect(uint32(OpLookup)).Name("b").Reply(e)
-	p.Expect(uint32(OpLookup)).Name("..").Reply(e)
+	p.Expect(OpLookup).Name("a").Reply(e)
+	p.Expect(OpLookup).Name("b").Reply(e)
+	p.Expect(OpLookup).Name("..").Reply(e)
 	ea, err := u.NodeLookup(testCtx(t), nil, u.Root(), "a")
 	if err != nil {
 		t.Fatal(err)
@@ -1196,7 +1196,7 @@ func TestLookupReusesNodesAndKeepsTTLs(t *testing.T) {
 func TestNegativeEntryKeepsTimeout(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	neg := fuse.EntryOut{EntryValid: 4}
-	p.Expect(uint32(OpLookup)).Name("nope").Reply(neg)
+	p.Expect(OpLookup).Name("nope").Reply(neg)
 	_, err := u.NodeLookup(testCtx(t), nil, u.Root(), "nope")
 	var ne *NegativeEntry
 	if !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &ne) || ne.EntryTimeout() != 4*time.Second {
@@ -1210,9 +1210,9 @@ func TestNegativeEntryKeepsTimeout(t *testing.T) {
 func TestKernelWritesSkipAppendGetattr(t *testing.T) {
 	p, u := opSession(t, 128<<10, opCaps)
 	u.SetKernelWrites(true)
-	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
-	p.Expect(uint32(OpOpen)).Reply(fuse.OpenOut{Fh: 2})
-	p.Expect(uint32(OpWrite)).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpLookup).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Reply(fuse.OpenOut{Fh: 2})
+	p.Expect(OpWrite).Match(func(h *fuse.InHeader, payload []byte) error {
 		if off := nativeEndian.Uint64(payload[8:]); off != 77 {
 			return fmt.Errorf("offset %d, want 77", off)
 		}

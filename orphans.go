@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // Late replies. A caller whose context ends waits a bounded grace after
@@ -133,7 +134,7 @@ func (o *orphanage) lateReply(u *Usermount, h fuse.OutHeader, m *Message) bool {
 		release(p, rec.nodeid, rec.op == OpOpendir)
 	case OpCreate:
 		// CREATE answers an entry and then an open.
-		if es := outSize[fuse.EntryOut](); len(p) > es {
+		if es := wire.OutSize[fuse.EntryOut](); len(p) > es {
 			if e, err := decodeExact[fuse.EntryOut](rec.op, p[:es]); err == nil {
 				release(p[es:], e.NodeId, false)
 			}

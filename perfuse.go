@@ -97,6 +97,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"github.com/perfuse-go/perfuse/internal/transport"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // Wait says whether an exchange waits for the daemon's reply.
@@ -469,8 +470,8 @@ func (u *Usermount) checkReply(op Opcode, m *Message) error {
 	if !ok {
 		return errProto(op, "frame of %d bytes has no header", len(m.out))
 	}
-	if int(h.Length) != len(m.out) {
-		return errProto(op, "header length %d, frame %d bytes", h.Length, len(m.out))
+	if int(h.Length) != m.replyLen() {
+		return errProto(op, "header length %d, frame %d bytes", h.Length, m.replyLen())
 	}
 	if h.Unique != m.InHeader().Unique {
 		return errProto(op, "unique %d answers request %d", h.Unique, m.InHeader().Unique)
@@ -482,8 +483,8 @@ func (u *Usermount) checkReply(op Opcode, m *Message) error {
 		}
 		return err
 	}
-	want := opTable[op].outSize
-	if got := len(m.OutPayload()); want != replyVariable && got != want {
+	want := row(op).Out
+	if got := len(m.OutPayload()); want != wire.ReplyVariable && got != want {
 		return errProto(op, "payload is %d bytes, want %d", got, want)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"github.com/perfuse-go/perfuse/internal/transport"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // SocketCallbacks returns Callbacks that carry frames over f, a connected
@@ -43,6 +44,18 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
 		if wait == NoReply {
 			return conn.Send(ctx, m.Request())
+		}
+		if m.dst != nil {
+			reply, inPlace, err := conn.ExchangeInto(ctx, m.Request(), m.dst)
+			switch {
+			case err != nil:
+				return err
+			case inPlace:
+				m.setReplyInPlace(reply, int(wire.Len(reply))-wire.OutHeaderSize)
+			default:
+				m.SetReply(reply)
+			}
+			return nil
 		}
 		reply, err := conn.Exchange(ctx, m.Request())
 		if err != nil {

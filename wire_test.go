@@ -24,7 +24,7 @@ func fakeSession(t *testing.T, opts ...Option) (*fakepeer.Peer, *Usermount) {
 	t.Helper()
 	p, conn := fakepeer.New(t)
 	p.ServeInit(31, 128<<10, uint32(fuse.CAP_MAX_PAGES|fuse.CAP_ASYNC_READ))
-	p.Expect(uint32(OpDestroy)).AnyTimes()
+	p.Expect(OpDestroy).AnyTimes()
 	u, err := Attach(testCtx(t), conn, nil, opts...)
 	if err != nil {
 		t.Fatalf("Attach: %v", err)
@@ -61,7 +61,7 @@ func TestInitFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := p.Received()[0]
-	if r.Header.Opcode != uint32(OpInit) || r.Header.Unique != 2 || r.Header.NodeId != 0 ||
+	if r.Op() != OpInit || r.Header.Unique != 2 || r.Header.NodeId != 0 ||
 		r.Header.Uid != 0 || r.Header.Gid != 0 || r.Header.Pid != 0 || int(r.Header.Length) != len(r.Frame) {
 		t.Errorf("INIT header %+v", r.Header)
 	}
@@ -121,7 +121,7 @@ func TestInitReplies(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p, conn := fakepeer.New(t)
-			p.Expect(uint32(OpInit)).ReplyFunc(func(r fakepeer.Request) [][]byte { return [][]byte{c.reply(r.Header.Unique)} })
+			p.Expect(OpInit).ReplyFunc(func(r fakepeer.Request) [][]byte { return [][]byte{c.reply(r.Header.Unique)} })
 			u, err := Attach(testCtx(t), conn, nil, WithBufSize(1<<20))
 			if c.wantErr != nil {
 				if !errors.Is(err, c.wantErr) {
@@ -133,7 +133,7 @@ func TestInitReplies(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer u.Unmount(context.Background())
-			p.Expect(uint32(OpDestroy))
+			p.Expect(OpDestroy)
 			_, _, maxWrite, _ := u.Negotiated()
 			want := c.wantWrite
 			if want < 0 {
@@ -153,7 +153,7 @@ func TestConcurrentRequestsInFlight(t *testing.T) {
 	p, u := fakeSession(t)
 	const n = 8
 	p.HoldUntil(n)
-	p.Expect(uint32(OpGetattr)).Times(n).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpGetattr).Times(n).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		// Each reply carries its request's unique as the size, so a reply
 		// delivered to the wrong waiter shows.
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, attrOut(1, syscall.S_IFDIR|0o755, r.Header.Unique))}
@@ -220,7 +220,7 @@ func TestDaemonDeathFailsEveryWaiter(t *testing.T) {
 	p, conn := fakepeer.New(t)
 	p.ServeInit(31, 128<<10, 0)
 	const n = 8
-	p.Expect(uint32(OpGetattr)).Times(n).NoReply()
+	p.Expect(OpGetattr).Times(n).NoReply()
 	u, err := Attach(testCtx(t), conn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +297,7 @@ func TestMalformedReplies(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p, u := fakeSession(t)
-			p.Expect(uint32(OpGetattr)).ReplyFunc(func(r fakepeer.Request) [][]byte { return c.reply(r.Header.Unique) })
+			p.Expect(OpGetattr).ReplyFunc(func(r fakepeer.Request) [][]byte { return c.reply(r.Header.Unique) })
 			_, err := u.NodeGetattr(testCtx(t), nil, u.Root(), nil)
 			if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
 				t.Fatalf("got %v, want %v", err, c.want)
@@ -312,7 +312,7 @@ func TestMalformedReplies(t *testing.T) {
 				return
 			}
 			// The connection keeps serving.
-			p.Expect(uint32(OpStatfs)).Reply(fuse.StatfsOut{Bsize: 4096})
+			p.Expect(OpStatfs).Reply(fuse.StatfsOut{Bsize: 4096})
 			if st, err := u.FsStatvfs(testCtx(t), nil); err != nil || st.Bsize != 4096 {
 				t.Fatalf("next request: %+v %v", st, err)
 			}
@@ -326,13 +326,13 @@ func TestInterrupt(t *testing.T) {
 	p, u := fakeSession(t)
 	var mu sync.Mutex
 	var pending uint64
-	p.Expect(uint32(OpGetattr)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpGetattr).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		mu.Lock()
 		pending = r.Header.Unique
 		mu.Unlock()
 		return nil
 	})
-	intr := p.Expect(uint32(OpInterrupt)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	intr := p.Expect(OpInterrupt).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		in, _ := fakepeer.In[fuse.InterruptIn](r)
 		mu.Lock()
 		defer mu.Unlock()
@@ -371,7 +371,7 @@ func TestNotificationsGoToTheHandler(t *testing.T) {
 		}
 	}
 	// The session still serves.
-	p.Expect(uint32(OpStatfs)).Reply(fuse.StatfsOut{})
+	p.Expect(OpStatfs).Reply(fuse.StatfsOut{})
 	if _, err := u.FsStatvfs(testCtx(t), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +379,7 @@ func TestNotificationsGoToTheHandler(t *testing.T) {
 
 func TestLookupFrameAndNames(t *testing.T) {
 	p, u := fakeSession(t)
-	p.Expect(uint32(OpLookup)).Nodeid(1).Name("a").ReplyErrno(syscall.ENOENT)
+	p.Expect(OpLookup).Nodeid(1).Name("a").ReplyErrno(syscall.ENOENT)
 	if _, err := u.NodeLookup(testCtx(t), &Cred{Uid: 5, Gid: 6, Pid: 7}, u.Root(), "a"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("lookup a: %v, want ENOENT", err)
 	}
@@ -388,7 +388,7 @@ func TestLookupFrameAndNames(t *testing.T) {
 		t.Errorf("LOOKUP payload %q header %+v", r.Payload, r.Header)
 	}
 	// A negative entry (nodeid 0) is ENOENT too, and counts nothing.
-	p.Expect(uint32(OpLookup)).Name("neg").Reply(fuse.EntryOut{})
+	p.Expect(OpLookup).Name("neg").Reply(fuse.EntryOut{})
 	if _, err := u.NodeLookup(testCtx(t), nil, u.Root(), "neg"); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("negative entry: %v", err)
 	}
@@ -401,13 +401,13 @@ func TestLookupFrameAndNames(t *testing.T) {
 		}
 	}
 	// Lookups count per entry; reclaim returns exactly that count.
-	p.Expect(uint32(OpLookup)).Name("f").Times(2).Reply(entryOut(9, syscall.S_IFREG|0o644))
+	p.Expect(OpLookup).Name("f").Times(2).Reply(entryOut(9, syscall.S_IFREG|0o644))
 	e1, err1 := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
 	e2, err2 := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
 	if err1 != nil || err2 != nil || e1.Node != e2.Node || u.Lookups(e1.Node) != 2 {
 		t.Fatalf("lookups: %v %v, same node %v, count %d", err1, err2, e1.Node == e2.Node, u.Lookups(e1.Node))
 	}
-	forget := p.Expect(uint32(OpForget)).Nodeid(9).Match(func(h *fuse.InHeader, payload []byte) error {
+	forget := p.Expect(OpForget).Nodeid(9).Match(func(h *fuse.InHeader, payload []byte) error {
 		if n := nativeEndian.Uint64(payload); n != 2 {
 			return fmt.Errorf("nlookup %d, want 2", n)
 		}
@@ -424,8 +424,8 @@ func TestLookupFrameAndNames(t *testing.T) {
 
 func TestReadAndReaddirChunks(t *testing.T) {
 	p, u := fakeSession(t)
-	p.Expect(uint32(OpLookup)).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
-	p.Expect(uint32(OpOpen)).Nodeid(5).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpLookup).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Nodeid(5).Match(func(h *fuse.InHeader, payload []byte) error {
 		if f := nativeEndian.Uint32(payload); f != syscall.O_RDONLY {
 			return fmt.Errorf("open flags %#x", f)
 		}
@@ -445,7 +445,7 @@ func TestReadAndReaddirChunks(t *testing.T) {
 	// and the result ends there.
 	var mu sync.Mutex // the peer's goroutine records, the test reads
 	var offsets []uint64
-	p.Expect(uint32(OpRead)).Nodeid(5).Times(5).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpRead).Nodeid(5).Times(5).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		in, _ := fakepeer.In[fuse.ReadIn](r)
 		mu.Lock()
 		offsets = append(offsets, in.Offset)
@@ -468,13 +468,13 @@ func TestReadAndReaddirChunks(t *testing.T) {
 	}
 	mu.Unlock()
 	// A reply longer than asked is EPROTO.
-	p.Expect(uint32(OpRead)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpRead).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, make([]byte, 200))}
 	})
 	if _, err := u.NodeRead(testCtx(t), nil, h, make([]byte, 100), 0); !errors.Is(err, syscall.EPROTO) {
 		t.Errorf("over-long read reply: %v", err)
 	}
-	p.Expect(uint32(OpRelease)).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpRelease).Match(func(h *fuse.InHeader, payload []byte) error {
 		if fh := nativeEndian.Uint64(payload); fh != 0 {
 			return fmt.Errorf("fh %d", fh)
 		}
@@ -489,13 +489,13 @@ func TestReadAndReaddirChunks(t *testing.T) {
 
 	// READDIR resumes from the off of the last entry, and a cookie that
 	// does not move is an error, not a loop.
-	p.Expect(uint32(OpOpendir)).Nodeid(1).Reply(fuse.OpenOut{Fh: 3})
+	p.Expect(OpOpendir).Nodeid(1).Reply(fuse.OpenOut{Fh: 3})
 	dh, err := u.NodeOpen(testCtx(t), nil, u.Root(), syscall.O_RDONLY)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var readdirOffsets []uint64
-	p.Expect(uint32(OpReaddir)).Times(3).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpReaddir).Times(3).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		in, _ := fakepeer.In[fuse.ReadIn](r)
 		mu.Lock()
 		readdirOffsets = append(readdirOffsets, in.Offset)
@@ -518,13 +518,13 @@ func TestReadAndReaddirChunks(t *testing.T) {
 	if fmt.Sprint(names) != "[. x y]" || fmt.Sprint(got) != "[0 20 30]" {
 		t.Errorf("names %v offsets %v", names, got)
 	}
-	p.Expect(uint32(OpReaddir)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+	p.Expect(OpReaddir).ReplyFunc(func(r fakepeer.Request) [][]byte {
 		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, dirent(3, 30, 8, "y"))}
 	})
 	if err := u.NodeReaddir(testCtx(t), nil, dh, 30, func(Dirent) bool { return true }); !errors.Is(err, syscall.EIO) {
 		t.Errorf("stuck cookie: %v, want EIO", err)
 	}
-	p.Expect(uint32(OpReleasedir)).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(OpReleasedir).Match(func(h *fuse.InHeader, payload []byte) error {
 		if fh := nativeEndian.Uint64(payload); fh != 3 {
 			return fmt.Errorf("fh %d", fh)
 		}
@@ -534,7 +534,7 @@ func TestReadAndReaddirChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The lookup of f still held is given back at unmount.
-	p.Expect(uint32(OpForget)).Nodeid(5)
+	p.Expect(OpForget).Nodeid(5)
 }
 
 func TestUnsolicitedReplies(t *testing.T) {
@@ -544,7 +544,7 @@ func TestUnsolicitedReplies(t *testing.T) {
 	p.Send(fakepeer.ReplyFrame(12345, 0))
 	p.Send(fakepeer.ReplyFrame(12347, syscall.ENOENT))
 	p.Send(fakepeer.ReplyFrame(12349, syscall.EIO))
-	p.Expect(uint32(OpStatfs)).Reply(fuse.StatfsOut{Blocks: 7})
+	p.Expect(OpStatfs).Reply(fuse.StatfsOut{Blocks: 7})
 	if st, err := u.FsStatvfs(testCtx(t), nil); err != nil || st.Blocks != 7 {
 		t.Fatalf("%+v %v", st, err)
 	}
@@ -553,7 +553,7 @@ func TestUnsolicitedReplies(t *testing.T) {
 func TestUnmountHungDaemon(t *testing.T) {
 	p, conn := fakepeer.New(t)
 	p.ServeInit(31, 128<<10, 0)
-	p.Expect(uint32(OpDestroy)).NoReply()
+	p.Expect(OpDestroy).NoReply()
 	u, err := Attach(testCtx(t), conn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -577,7 +577,7 @@ func TestUnmountHungDaemon(t *testing.T) {
 // requests of its own, and replies keep flowing meanwhile.
 func TestNotificationHandlerMayCallBack(t *testing.T) {
 	p, u := fakeSession(t)
-	p.Expect(uint32(OpGetattr)).AnyTimes().Reply(attrOut(1, syscall.S_IFDIR|0o755, 9))
+	p.Expect(OpGetattr).AnyTimes().Reply(attrOut(1, syscall.S_IFDIR|0o755, 9))
 	done := make(chan error, 1)
 	u.SetNotifyHandler(func(*Notification) {
 		_, err := u.NodeGetattr(testCtx(t), nil, u.Root(), nil)
@@ -600,7 +600,7 @@ func TestMainloopCleanAfterUnmount(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		p, conn := fakepeer.New(t)
 		p.ServeInit(31, 128<<10, 0)
-		p.Expect(uint32(OpDestroy)).ReplyFunc(func(r fakepeer.Request) [][]byte {
+		p.Expect(OpDestroy).ReplyFunc(func(r fakepeer.Request) [][]byte {
 			go p.Kill()
 			return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0)}
 		})
@@ -621,7 +621,7 @@ func TestMainloopCleanAfterUnmount(t *testing.T) {
 
 func TestAttachSilentDaemonHonoursContext(t *testing.T) {
 	p, conn := fakepeer.New(t)
-	p.Expect(uint32(OpInit)).NoReply()
+	p.Expect(OpInit).NoReply()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := Attach(ctx, conn, nil); !errors.Is(err, context.DeadlineExceeded) {

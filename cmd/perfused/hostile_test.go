@@ -21,6 +21,7 @@ import (
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
 	"github.com/perfuse-go/perfuse/internal/sock"
+	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -240,7 +241,7 @@ func stuckDaemon(t *testing.T, sockPath, target string) *os.File {
 func answerInit(fd int) error {
 	buf := make([]byte, 1<<20)
 	n, _, err := sock.RecvRecord(fd, buf)
-	if err != nil || n < 40 || binary.NativeEndian.Uint32(buf[4:]) != 26 {
+	if err != nil || n < 40 || wire.OpcodeOf(buf) != wire.OpInit {
 		return fmt.Errorf("want INIT from perfused, got %d bytes, %v", n, err)
 	}
 	out := fuse.InitOut{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, MaxWrite: 128 << 10, TimeGran: 1}

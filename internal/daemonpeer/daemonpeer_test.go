@@ -13,11 +13,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
-)
-
-const (
-	opLookup = 1
-	opInit   = 26
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // kernelFlags is what a Linux kernel might offer, without the splice and
@@ -52,7 +48,7 @@ func initAndLookup(t *testing.T, d *Daemon, name string) fuse.EntryOut {
 	if out.Major != 7 || out.Minor != 31 || n != 64 || out.MaxWrite == 0 {
 		t.Errorf("INIT reply (%d bytes) %+v, want 7.31 with a 64-byte init_out", n, out)
 	}
-	h, p := c.Call(opLookup, 1, peerutil.CString(name))
+	h, p := c.Call(wire.OpLookup, 1, peerutil.CString(name))
 	e, ok := peerutil.Decode[fuse.EntryOut](p)
 	if h.Status != 0 || !ok {
 		t.Fatalf("LOOKUP(%q): status %d, %d payload bytes", name, h.Status, len(p))
@@ -79,7 +75,7 @@ func TestFuseOverlayfsServesOverSocket(t *testing.T) {
 func TestFuseOverlayfsRefusesInitWithoutDontMask(t *testing.T) {
 	d := newOverlay(t, nil)
 	c := peerutil.NewClient(t, d.Conn)
-	h, _ := c.Call(opInit, 0, peerutil.InPayload(fuse.InitIn{Major: 7, Minor: 31, Flags: kernelFlags &^ fuse.CAP_DONT_MASK}))
+	h, _ := c.Call(wire.OpInit, 0, peerutil.InPayload(fuse.InitIn{Major: 7, Minor: 31, Flags: kernelFlags &^ fuse.CAP_DONT_MASK}))
 	if h.Status != -int32(syscall.EPROTO) {
 		t.Errorf("INIT without DONT_MASK: status %d, want -EPROTO", h.Status)
 	}

@@ -28,54 +28,37 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 const (
-	opLookup      = 1
-	opForget      = 2
-	opSymlink     = 6
-	opMknod       = 8
-	opMkdir       = 9
-	opUnlink      = 10
-	opRmdir       = 11
-	opRename      = 12
-	opLink        = 13
-	opSetxattr    = 21
-	opGetxattr    = 22
-	opRemovexattr = 24
-	opInit        = 26
-	opCreate      = 35
-	opInterrupt   = 36
-	opBatchForget = 42
-	opRename2     = 45
-	opTmpfile     = 51
+	inHeaderSize  = wire.InHeaderSize
+	outHeaderSize = wire.OutHeaderSize
 )
 
-const (
-	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
-	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
-)
-
-// nameOffset is where the first NUL-terminated name starts in the payload of
-// the opcodes that carry names: after the kernel's fixed input struct. The
-// sizes are the kernel's, not go-fuse's (go-fuse's RenameIn is the 16-byte
-// fuse_rename2_in). SETXATTR uses the 8-byte compat struct that the kernel
+// nameOffset is where the first NUL-terminated name starts in the payload
+// of a request that carries names: after the kernel's fixed input struct
+// (wire's row). SETXATTR uses the 8-byte compat struct that the kernel
 // sends unless FUSE_SETXATTR_EXT was negotiated; match such requests with
 // Match instead.
-var nameOffset = map[uint32]int{
-	opLookup: 0, opUnlink: 0, opRmdir: 0, opSymlink: 0, opRemovexattr: 0,
-	opMkdir: 8, opLink: 8, opRename: 8, opGetxattr: 8, opSetxattr: 8,
-	opMknod: 16, opCreate: 16, opRename2: 16, opTmpfile: 16,
+func nameOffset(op wire.Opcode) (int, bool) {
+	r, ok := op.Row()
+	if !ok || r.Names == 0 {
+		return 0, false
+	}
+	return r.In, true
 }
 
-// noReply lists the opcodes the kernel sends without waiting for an answer.
-// An INTERRUPT is answered only to refuse it (EAGAIN, ENOSYS); its effect
-// shows in the reply to the interrupted request.
-var noReply = map[uint32]bool{opForget: true, opBatchForget: true, opInterrupt: true}
+// noReply reports the opcodes the kernel sends without waiting for an
+// answer. An INTERRUPT is answered only to refuse it (EAGAIN, ENOSYS); its
+// effect shows in the reply to the interrupted request.
+func noReply(op wire.Opcode) bool {
+	r, _ := op.Row()
+	return r.NoReply || op == wire.OpInterrupt
+}
 
 // Request is one request frame the peer received.
 type Request struct {
@@ -89,7 +72,7 @@ type Request struct {
 // and target; SETXATTR: the attribute name and its value's bytes), nil for
 // other opcodes.
 func (r Request) Names() []string {
-	off, ok := nameOffset[r.Header.Opcode]
+	off, ok := nameOffset(wire.Opcode(r.Header.Opcode))
 	if !ok || off > len(r.Payload) {
 		return nil
 	}
@@ -97,8 +80,11 @@ func (r Request) Names() []string {
 	return strings.Split(s, "\x00")
 }
 
+// Op is the request's opcode.
+func (r Request) Op() wire.Opcode { return wire.Opcode(r.Header.Opcode) }
+
 func (r Request) String() string {
-	s := fmt.Sprintf("%s unique=%d nodeid=%d len=%d", peerutil.OpName(r.Header.Opcode),
+	s := fmt.Sprintf("%s unique=%d nodeid=%d len=%d", wire.Opcode(r.Header.Opcode),
 		r.Header.Unique, r.Header.NodeId, len(r.Frame))
 	if names := r.Names(); names != nil {
 		s += fmt.Sprintf(" names=%q", names)
@@ -166,16 +152,16 @@ func New(t testing.TB) (*Peer, *os.File) {
 // request once. Unless told otherwise it answers with success and no payload,
 // or nothing for FORGET, BATCH_FORGET and INTERRUPT. Declare expectations
 // before the client sends what they match.
-func (p *Peer) Expect(op uint32) *Expectation {
+func (p *Peer) Expect(op wire.Opcode) *Expectation {
 	return p.expect(op, 2)
 }
 
-func (p *Peer) expect(op uint32, skip int) *Expectation {
+func (p *Peer) expect(op wire.Opcode, skip int) *Expectation {
 	e := &Expectation{p: p, op: op, times: 1, done: make(chan struct{})}
 	if _, file, line, ok := runtime.Caller(skip); ok {
 		e.where = fmt.Sprintf("%s:%d", file[strings.LastIndexByte(file, '/')+1:], line)
 	}
-	if !noReply[op] {
+	if !noReply(op) {
 		e.reply = func(r Request) [][]byte { return [][]byte{ReplyFrame(r.Header.Unique, 0)} }
 	}
 	p.mu.Lock()
@@ -188,7 +174,7 @@ func (p *Peer) expect(op uint32, skip int) *Expectation {
 // given max_write and flags, the client's max_readahead, and an init_out
 // sized for that minor (see InitOutBytes).
 func (p *Peer) ServeInit(minor, maxWrite, flags uint32) *Expectation {
-	return p.expect(opInit, 2).Match(func(h *fuse.InHeader, payload []byte) error {
+	return p.expect(wire.OpInit, 2).Match(func(h *fuse.InHeader, payload []byte) error {
 		if len(payload) < 8 {
 			return fmt.Errorf("INIT payload of %d bytes", len(payload))
 		}
@@ -293,7 +279,7 @@ func (p *Peer) handle(r Request) [][]byte {
 	var why []string
 	matched := false
 	for _, e := range p.exps {
-		if e.op != r.Header.Opcode || (e.times >= 0 && e.count >= e.times) {
+		if e.op != wire.Opcode(r.Header.Opcode) || (e.times >= 0 && e.count >= e.times) {
 			continue
 		}
 		if err := e.matches(r); err != nil {
@@ -313,7 +299,7 @@ func (p *Peer) handle(r Request) [][]byte {
 			msg += "\n\tdid not match expectation " + w
 		}
 		p.problems = append(p.problems, msg)
-		if !noReply[r.Header.Opcode] {
+		if !noReply(wire.Opcode(r.Header.Opcode)) {
 			reply = func(r Request) [][]byte { return [][]byte{ReplyFrame(r.Header.Unique, syscall.ENOSYS)} }
 		}
 	}
@@ -372,7 +358,7 @@ func (p *Peer) report() {
 // return it, so a declaration reads as one sentence.
 type Expectation struct {
 	p     *Peer
-	op    uint32
+	op    wire.Opcode
 	where string // file:line of the declaration, for reports
 
 	// Guarded by p.mu.
@@ -386,7 +372,7 @@ type Expectation struct {
 }
 
 func (e *Expectation) String() string {
-	s := peerutil.OpName(e.op)
+	s := e.op.String()
 	if e.nodeid != nil {
 		s += fmt.Sprintf(" nodeid=%d", *e.nodeid)
 	}
@@ -430,8 +416,8 @@ func (e *Expectation) Nodeid(n uint64) *Expectation {
 // Name narrows the expectation to requests whose first names are these (see
 // Request.Names): Name("a") for LOOKUP(a), Name("old", "new") for RENAME.
 func (e *Expectation) Name(names ...string) *Expectation {
-	if _, ok := nameOffset[e.op]; !ok {
-		panic(fmt.Sprintf("fakepeer: %s carries no name", peerutil.OpName(e.op)))
+	if _, ok := nameOffset(e.op); !ok {
+		panic(fmt.Sprintf("fakepeer: %s carries no name", e.op.String()))
 	}
 	return e.set(func() { e.names = names })
 }

@@ -15,11 +15,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
-)
-
-const (
-	opGetattr = 3
-	opRead    = 15
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // recorder stands in for the test when a case checks what the peer reports:
@@ -80,10 +76,10 @@ func wantErrors(t *testing.T, got []string, want ...string) {
 
 func TestLookupAnsweredWithErrnoAndRecordedExactly(t *testing.T) {
 	p, conn := New(t)
-	p.Expect(opLookup).Nodeid(1).Name("a").ReplyErrno(syscall.ENOENT)
+	p.Expect(wire.OpLookup).Nodeid(1).Name("a").ReplyErrno(syscall.ENOENT)
 	c := peerutil.NewClient(t, conn)
 
-	h, payload := c.Call(opLookup, 1, peerutil.CString("a"))
+	h, payload := c.Call(wire.OpLookup, 1, peerutil.CString("a"))
 	if h.Status != -int32(syscall.ENOENT) || h.Length != 16 || len(payload) != 0 {
 		t.Errorf("reply = %+v payload %x, want status -ENOENT, length 16, no payload", h, payload)
 	}
@@ -92,7 +88,7 @@ func TestLookupAnsweredWithErrnoAndRecordedExactly(t *testing.T) {
 		t.Fatalf("received %d requests, want 1", len(got))
 	}
 	r := got[0]
-	want := fuse.InHeader{Length: 42, Opcode: opLookup, Unique: h.Unique, NodeId: 1, Caller: r.Header.Caller}
+	want := fuse.InHeader{Length: 42, Opcode: uint32(wire.OpLookup), Unique: h.Unique, NodeId: 1, Caller: r.Header.Caller}
 	if r.Header != want || string(r.Payload) != "a\x00" || !bytes.Equal(r.Frame[40:], r.Payload) || len(r.Frame) != 42 {
 		t.Errorf("received %+v payload %q, want %+v payload \"a\\x00\"", r.Header, r.Payload, want)
 	}
@@ -105,10 +101,10 @@ func TestReplyEncodesStructsRaw(t *testing.T) {
 	p, conn := New(t)
 	entry := fuse.EntryOut{NodeId: 7, Generation: 1, Attr: fuse.Attr{Ino: 7, Size: 5, Mode: syscall.S_IFREG | 0o644}}
 	open := fuse.OpenOut{Fh: 3}
-	p.Expect(opCreate).Nodeid(1).Name("f").Reply(entry, open)
+	p.Expect(wire.OpCreate).Nodeid(1).Name("f").Reply(entry, open)
 	c := peerutil.NewClient(t, conn)
 
-	h, payload := c.Call(opCreate, 1, peerutil.InPayload(fuse.CreateIn{Flags: uint32(os.O_RDWR), Mode: 0o644}), peerutil.CString("f"))
+	h, payload := c.Call(wire.OpCreate, 1, peerutil.InPayload(fuse.CreateIn{Flags: uint32(os.O_RDWR), Mode: 0o644}), peerutil.CString("f"))
 	if h.Status != 0 || int(h.Length) != 16+len(payload) || len(payload) != 128+16 {
 		t.Fatalf("reply = %+v with %d payload bytes, want status 0 and 144 bytes", h, len(payload))
 	}
@@ -139,28 +135,28 @@ func TestServeInitSizesReplyByMinor(t *testing.T) {
 
 func TestExpectationsMatchByNameAndMatchFunc(t *testing.T) {
 	p, conn := New(t)
-	p.Expect(opLookup).Name("a").ReplyErrno(syscall.ENOENT)
-	p.Expect(opLookup).Name("b").ReplyErrno(syscall.EACCES)
-	p.Expect(opRead).Match(func(h *fuse.InHeader, payload []byte) error {
+	p.Expect(wire.OpLookup).Name("a").ReplyErrno(syscall.ENOENT)
+	p.Expect(wire.OpLookup).Name("b").ReplyErrno(syscall.EACCES)
+	p.Expect(wire.OpRead).Match(func(h *fuse.InHeader, payload []byte) error {
 		if in, _ := peerutil.Decode[fuse.ReadIn](append(peerutil.Bytes(*h), payload...)); in.Offset != 4096 {
 			return fmt.Errorf("offset %d", in.Offset)
 		}
 		return nil
 	}).Reply([]byte("data"))
-	p.Expect(opRename).Nodeid(1).Name("old", "new").ReplyErrno(syscall.EXDEV)
+	p.Expect(wire.OpRename).Nodeid(1).Name("old", "new").ReplyErrno(syscall.EXDEV)
 	c := peerutil.NewClient(t, conn)
 
-	if h, _ := c.Call(opLookup, 1, peerutil.CString("b")); h.Status != -int32(syscall.EACCES) {
+	if h, _ := c.Call(wire.OpLookup, 1, peerutil.CString("b")); h.Status != -int32(syscall.EACCES) {
 		t.Errorf("LOOKUP(b) status %d, want -EACCES", h.Status)
 	}
-	if h, _ := c.Call(opLookup, 1, peerutil.CString("a")); h.Status != -int32(syscall.ENOENT) {
+	if h, _ := c.Call(wire.OpLookup, 1, peerutil.CString("a")); h.Status != -int32(syscall.ENOENT) {
 		t.Errorf("LOOKUP(a) status %d, want -ENOENT", h.Status)
 	}
-	if h, data := c.Call(opRead, 5, peerutil.InPayload(fuse.ReadIn{Offset: 4096, Size: 4})); h.Status != 0 || string(data) != "data" {
+	if h, data := c.Call(wire.OpRead, 5, peerutil.InPayload(fuse.ReadIn{Offset: 4096, Size: 4})); h.Status != 0 || string(data) != "data" {
 		t.Errorf("READ = %+v %q, want status 0 \"data\"", h, data)
 	}
 	rename := append(peerutil.InPayload(fuse.LinkIn{Oldnodeid: 1}), "old\x00new\x00"...) // fuse_rename_in: newdir only
-	if h, _ := c.Call(opRename, 1, rename); h.Status != -int32(syscall.EXDEV) {
+	if h, _ := c.Call(wire.OpRename, 1, rename); h.Status != -int32(syscall.EXDEV) {
 		t.Errorf("RENAME status %d, want -EXDEV", h.Status)
 	}
 	r := p.Received()[1]
@@ -175,9 +171,9 @@ func TestExpectationsMatchByNameAndMatchFunc(t *testing.T) {
 func TestUnexpectedRequestAnsweredENOSYSAndReported(t *testing.T) {
 	rec, p, conn := newRecorded(t)
 	c := peerutil.NewClient(t, conn)
-	p.Expect(opLookup).Name("a").ReplyErrno(syscall.ENOENT)
+	p.Expect(wire.OpLookup).Name("a").ReplyErrno(syscall.ENOENT)
 
-	if h, _ := c.Call(opLookup, 1, peerutil.CString("b")); h.Status != -int32(syscall.ENOSYS) {
+	if h, _ := c.Call(wire.OpLookup, 1, peerutil.CString("b")); h.Status != -int32(syscall.ENOSYS) {
 		t.Errorf("unexpected LOOKUP answered with status %d, want -ENOSYS", h.Status)
 	}
 	wantErrors(t, rec.finish(),
@@ -189,12 +185,12 @@ func TestUnexpectedRequestAnsweredENOSYSAndReported(t *testing.T) {
 func TestTimesAndAnyTimes(t *testing.T) {
 	rec, p, conn := newRecorded(t)
 	c := peerutil.NewClient(t, conn)
-	p.Expect(opGetattr).Times(2).ReplyErrno(syscall.EIO)
-	p.Expect(opForget).AnyTimes()
+	p.Expect(wire.OpGetattr).Times(2).ReplyErrno(syscall.EIO)
+	p.Expect(wire.OpForget).AnyTimes()
 
 	for i := range 3 {
-		c.Send(opForget, 9, peerutil.InPayload(fuse.ForgetIn{Nlookup: 1}))
-		h, _ := c.Call(opGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
+		c.Send(wire.OpForget, 9, peerutil.InPayload(fuse.ForgetIn{Nlookup: 1}))
+		h, _ := c.Call(wire.OpGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
 		want := -int32(syscall.EIO)
 		if i == 2 {
 			want = -int32(syscall.ENOSYS)
@@ -208,19 +204,19 @@ func TestTimesAndAnyTimes(t *testing.T) {
 
 func TestForgetAndInterruptGetNoReply(t *testing.T) {
 	p, conn := New(t)
-	p.Expect(opForget).Nodeid(5)
-	read := p.Expect(opRead).NoReply()
+	p.Expect(wire.OpForget).Nodeid(5)
+	read := p.Expect(wire.OpRead).NoReply()
 	// The interrupt's answer is the interrupted request's: EINTR.
-	p.Expect(opInterrupt).ReplyFunc(func(r Request) [][]byte {
+	p.Expect(wire.OpInterrupt).ReplyFunc(func(r Request) [][]byte {
 		in, _ := In[fuse.InterruptIn](r)
 		return [][]byte{ReplyFrame(in.Unique, syscall.EINTR)}
 	})
 	c := peerutil.NewClient(t, conn)
 
-	c.Send(opForget, 5, peerutil.InPayload(fuse.ForgetIn{Nlookup: 1}))
-	u := c.Send(opRead, 5, peerutil.InPayload(fuse.ReadIn{Size: 10}))
+	c.Send(wire.OpForget, 5, peerutil.InPayload(fuse.ForgetIn{Nlookup: 1}))
+	u := c.Send(wire.OpRead, 5, peerutil.InPayload(fuse.ReadIn{Size: 10}))
 	<-read.Done()
-	c.Send(opInterrupt, 0, peerutil.InPayload(fuse.InterruptIn{Unique: u}))
+	c.Send(wire.OpInterrupt, 0, peerutil.InPayload(fuse.InterruptIn{Unique: u}))
 	h, _ := c.Recv()
 	if h.Unique != u || h.Status != -int32(syscall.EINTR) {
 		t.Errorf("first reply %+v, want the READ's (unique %d) with -EINTR", h, u)
@@ -232,13 +228,13 @@ func TestForgetAndInterruptGetNoReply(t *testing.T) {
 
 func TestRawRepliesSentAsGiven(t *testing.T) {
 	p, conn := New(t)
-	p.Expect(opRead).ReplyFunc(func(r Request) [][]byte {
+	p.Expect(wire.OpRead).ReplyFunc(func(r Request) [][]byte {
 		return Split(ReplyFrame(r.Header.Unique, 0, bytes.Repeat([]byte("x"), 100)), 20, 30)
 	})
-	p.Expect(opGetattr).ReplyRaw([]byte{1, 2, 3}, RawFrame(fuse.OutHeader{Length: 99, Status: 5, Unique: 12345}, nil))
+	p.Expect(wire.OpGetattr).ReplyRaw([]byte{1, 2, 3}, RawFrame(fuse.OutHeader{Length: 99, Status: 5, Unique: 12345}, nil))
 	c := peerutil.NewClient(t, conn)
 
-	u := c.Send(opRead, 2, peerutil.InPayload(fuse.ReadIn{Size: 100}))
+	u := c.Send(wire.OpRead, 2, peerutil.InPayload(fuse.ReadIn{Size: 100}))
 	var sizes []int
 	var joined []byte
 	for range 3 {
@@ -253,7 +249,7 @@ func TestRawRepliesSentAsGiven(t *testing.T) {
 		t.Errorf("split READ reply: records %v, want [20 30 66] making one frame", sizes)
 	}
 
-	c.Send(opGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
+	c.Send(wire.OpGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
 	short, _ := readRecord(t, conn, 5*time.Second)
 	bad, _ := readRecord(t, conn, 5*time.Second)
 	h, _ := peerutil.Decode[fuse.OutHeader](bad)
@@ -265,7 +261,7 @@ func TestRawRepliesSentAsGiven(t *testing.T) {
 func TestHoldUntilAnswersTogetherInReverse(t *testing.T) {
 	p, conn := New(t)
 	p.HoldUntil(3)
-	p.Expect(opGetattr).Times(3).ReplyFunc(func(r Request) [][]byte {
+	p.Expect(wire.OpGetattr).Times(3).ReplyFunc(func(r Request) [][]byte {
 		return [][]byte{ReplyFrame(r.Header.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: r.Header.NodeId}})}
 	})
 	c := peerutil.NewClient(t, conn)
@@ -277,7 +273,7 @@ func TestHoldUntilAnswersTogetherInReverse(t *testing.T) {
 				t.Fatalf("reply %x (err %v) before the third request, want none", rec, err)
 			}
 		}
-		sent = append(sent, c.Send(opGetattr, uint64(10+i), peerutil.InPayload(fuse.GetAttrIn{})))
+		sent = append(sent, c.Send(wire.OpGetattr, uint64(10+i), peerutil.InPayload(fuse.GetAttrIn{})))
 	}
 	var got []uint64
 	for range 3 {
@@ -293,8 +289,8 @@ func TestHoldUntilAnswersTogetherInReverse(t *testing.T) {
 		t.Errorf("replies came for uniques %v, want %v", got, sent)
 	}
 	// The hold is over: the next request is answered at once.
-	p.Expect(opGetattr).ReplyErrno(syscall.ESTALE)
-	if h, _ := c.Call(opGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{})); h.Status != -int32(syscall.ESTALE) {
+	p.Expect(wire.OpGetattr).ReplyErrno(syscall.ESTALE)
+	if h, _ := c.Call(wire.OpGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{})); h.Status != -int32(syscall.ESTALE) {
 		t.Errorf("after the hold: status %d, want -ESTALE", h.Status)
 	}
 }
@@ -302,11 +298,11 @@ func TestHoldUntilAnswersTogetherInReverse(t *testing.T) {
 func TestMalformedRequestsAndIncompleteHoldReported(t *testing.T) {
 	rec, p, conn := newRecorded(t)
 	p.HoldUntil(3)
-	p.Expect(opGetattr).AnyTimes()
+	p.Expect(wire.OpGetattr).AnyTimes()
 
 	conn.Write([]byte{1, 2, 3})
-	conn.Write(append(peerutil.Bytes(fuse.InHeader{Length: 100, Opcode: opGetattr, Unique: 99}), make([]byte, 16)...))
-	peerutil.NewClient(t, conn).Send(opGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
+	conn.Write(append(peerutil.Bytes(fuse.InHeader{Length: 100, Opcode: uint32(wire.OpGetattr), Unique: 99}), make([]byte, 16)...))
+	peerutil.NewClient(t, conn).Send(wire.OpGetattr, 1, peerutil.InPayload(fuse.GetAttrIn{}))
 	// The peer reads records in order: once it holds two requests, it has
 	// seen the runt record too.
 	for deadline := time.Now().Add(5 * time.Second); len(p.Received()) < 2 && time.Now().Before(deadline); {
@@ -335,10 +331,10 @@ func TestSendPushesNotification(t *testing.T) {
 
 func TestKillWhileRequestPending(t *testing.T) {
 	p, conn := New(t)
-	read := p.Expect(opRead).NoReply()
+	read := p.Expect(wire.OpRead).NoReply()
 	c := peerutil.NewClient(t, conn)
 
-	c.Send(opRead, 2, peerutil.InPayload(fuse.ReadIn{Size: 10}))
+	c.Send(wire.OpRead, 2, peerutil.InPayload(fuse.ReadIn{Size: 10}))
 	<-read.Done()
 	p.Kill()
 	if rec, err := readRecord(t, conn, 5*time.Second); err != io.EOF {

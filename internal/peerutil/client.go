@@ -7,16 +7,15 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
 // Opcodes the Client sends itself.
-const (
-	opInit = 26
-)
+const ()
 
 const (
-	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
-	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
+	inHeaderSize  = wire.InHeaderSize
+	outHeaderSize = wire.OutHeaderSize
 
 	// ioTimeout bounds every Client read, so a silent peer fails the test
 	// instead of hanging it.
@@ -44,11 +43,11 @@ func NewClient(t testing.TB, conn *os.File) *Client {
 
 // Send writes one request frame with a fresh unique and returns the unique.
 // Uniques start at 2 and step by 2, as the kernel's do.
-func (c *Client) Send(op uint32, nodeid uint64, payload ...[]byte) uint64 {
+func (c *Client) Send(op wire.Opcode, nodeid uint64, payload ...[]byte) uint64 {
 	c.t.Helper()
 	c.unique += 2
 	h := fuse.InHeader{
-		Opcode: op,
+		Opcode: uint32(op),
 		Unique: c.unique,
 		NodeId: nodeid,
 		Caller: fuse.Caller{
@@ -62,7 +61,7 @@ func (c *Client) Send(op uint32, nodeid uint64, payload ...[]byte) uint64 {
 	}
 	*(*uint32)(unsafe.Pointer(&frame[0])) = uint32(len(frame))
 	if _, err := c.conn.Write(frame); err != nil {
-		c.t.Fatalf("send %s: %v", OpName(op), err)
+		c.t.Fatalf("send %s: %v", op, err)
 	}
 	return c.unique
 }
@@ -99,12 +98,12 @@ func (c *Client) Recv() (fuse.OutHeader, []byte) {
 
 // Call sends a request and reads its reply, failing the test when the reply
 // carries another unique. The status is left to the caller.
-func (c *Client) Call(op uint32, nodeid uint64, payload ...[]byte) (fuse.OutHeader, []byte) {
+func (c *Client) Call(op wire.Opcode, nodeid uint64, payload ...[]byte) (fuse.OutHeader, []byte) {
 	c.t.Helper()
 	u := c.Send(op, nodeid, payload...)
 	h, p := c.Recv()
 	if h.Unique != u {
-		c.t.Fatalf("%s: reply for unique %d, want %d", OpName(op), h.Unique, u)
+		c.t.Fatalf("%s: reply for unique %d, want %d", op, h.Unique, u)
 	}
 	return h, p
 }
@@ -117,7 +116,7 @@ func (c *Client) Call(op uint32, nodeid uint64, payload ...[]byte) (fuse.OutHead
 func (c *Client) Init(minor, flags uint32) (fuse.InitOut, int) {
 	c.t.Helper()
 	in := fuse.InitIn{Major: 7, Minor: minor, MaxReadAhead: 128 << 10, Flags: flags}
-	h, p := c.Call(opInit, 0, InPayload(in))
+	h, p := c.Call(wire.OpInit, 0, InPayload(in))
 	if h.Status != 0 {
 		c.t.Fatalf("INIT: status %d", h.Status)
 	}

@@ -15,7 +15,6 @@ package transport
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,14 +26,13 @@ import (
 	"time"
 
 	"github.com/perfuse-go/perfuse/internal/ratelog"
+	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	inHeaderSize  = 40
-	outHeaderSize = 16
-	opInterrupt   = 36
-	opInit        = 26
+	inHeaderSize  = wire.InHeaderSize
+	outHeaderSize = wire.OutHeaderSize
 	// sendSlack is what AF_UNIX takes from SO_SNDBUF for its own
 	// accounting: a record larger than sndbuf - 32 fails with EMSGSIZE.
 	sendSlack = 32
@@ -58,8 +56,6 @@ const (
 	// that stops reading cannot hold the sender forever.
 	DefaultSendTimeout = 10 * time.Second
 )
-
-var le = binary.NativeEndian
 
 // ErrClosed is reported to every waiter once the connection is gone: the
 // daemon closed its end, died, sent a record that is not one whole frame,
@@ -91,14 +87,19 @@ type Stats struct {
 }
 
 type result struct {
-	frame []byte
-	err   error
+	frame   []byte
+	inPlace bool // frame is the header only; the payload is in the waiter's dst
+	err     error
 }
 
 // waiter is one request in flight.
 type waiter struct {
 	ch    chan result // buffered: whoever answers never blocks
 	retry *time.Timer // the one INTERRUPT resend timer of this request
+	// dst, when set, is where the reply's payload is wanted (ExchangeInto);
+	// hdr then receives its header.
+	dst []byte
+	hdr [outHeaderSize]byte
 }
 
 // Conn carries FUSE frames over one socket. One reader goroutine reads
@@ -126,6 +127,7 @@ type Conn struct {
 
 	mu          sync.Mutex
 	pending     map[uint64]*waiter
+	intoWaiters int // waiters in pending with a dst: the reader peeks for them
 	err         error
 	noInterrupt bool
 }
@@ -251,38 +253,57 @@ func (c *Conn) Send(ctx context.Context, frame []byte) error {
 // answer, then returns the context's error; a reply that comes after that
 // goes to the unsolicited handler.
 func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
+	r := c.exchange(ctx, frame, nil)
+	return r.frame, r.err
+}
+
+// ExchangeInto is Exchange for a reply whose payload is wanted in dst (a
+// READ's). When the reader meets that reply with dst known, it receives
+// the header into reply and the payload straight into dst: no copy on
+// this side of the socket, and inPlace is true (the payload is
+// dst[:len-16], len from the header). Otherwise reply is the whole frame,
+// as Exchange returns it.
+func (c *Conn) ExchangeInto(ctx context.Context, frame, dst []byte) (reply []byte, inPlace bool, err error) {
+	r := c.exchange(ctx, frame, dst)
+	return r.frame, r.inPlace, r.err
+}
+
+func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
 	if len(frame) < inHeaderSize {
-		return nil, fmt.Errorf("transport: request of %d bytes: %w", len(frame), syscall.EINVAL)
+		return result{err: fmt.Errorf("transport: request of %d bytes: %w", len(frame), syscall.EINVAL)}
 	}
 	if ctx.Err() != nil {
-		return nil, ctxError(ctx, "not sent")
+		return result{err: ctxError(ctx, "not sent")}
 	}
-	unique := le.Uint64(frame[8:])
-	w := &waiter{ch: make(chan result, 1)}
+	unique := wire.Unique(frame)
+	w := &waiter{ch: make(chan result, 1), dst: dst}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return nil, err
+		return result{err: err}
 	}
 	if _, dup := c.pending[unique]; dup {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("transport: unique %d already in flight: %w", unique, syscall.EINVAL)
+		return result{err: fmt.Errorf("transport: unique %d already in flight: %w", unique, syscall.EINVAL)}
 	}
 	c.pending[unique] = w
+	if dst != nil {
+		c.intoWaiters++
+	}
 	c.mu.Unlock()
 
 	if err := c.write(ctx, frame); err != nil {
 		c.forget(unique, w)
-		return nil, err
+		return result{err: err}
 	}
 	select {
 	case r := <-w.ch:
-		return r.frame, r.err
+		return r
 	case <-ctx.Done():
 	}
 	wait := c.grace
-	if le.Uint32(frame[4:]) == opInit {
+	if wire.OpcodeOf(frame) == wire.OpInit {
 		// A daemon takes nothing before INIT, INTERRUPT included (the
 		// kernel never interrupts INIT): leave at once.
 		wait = 0
@@ -293,16 +314,16 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 	defer grace.Stop()
 	select {
 	case r := <-w.ch:
-		return r.frame, r.err
+		return r
 	case <-grace.C:
 	}
 	if !c.forget(unique, w) {
-		// Answered (or failed) while the grace ran out.
-		r := <-w.ch
-		return r.frame, r.err
+		// Answered (or failed) while the grace ran out; a reply being
+		// received into dst is waited for, so dst is ours again on return.
+		return <-w.ch
 	}
 	c.abandoned.Add(1)
-	return nil, ctxError(ctx, "no answer after INTERRUPT")
+	return result{err: ctxError(ctx, "no answer after INTERRUPT")}
 }
 
 // forget takes w out of pending and stops its INTERRUPT resends. It
@@ -316,8 +337,20 @@ func (c *Conn) forget(unique uint64, w *waiter) bool {
 	if c.pending[unique] != w {
 		return false
 	}
-	delete(c.pending, unique)
+	c.unpendLocked(unique, w)
 	return true
+}
+
+// unpendLocked takes w, pending for unique, out of pending. Called with mu
+// held.
+func (c *Conn) unpendLocked(unique uint64, w *waiter) {
+	delete(c.pending, unique)
+	if w.dst != nil {
+		c.intoWaiters--
+	}
+	if w.retry != nil {
+		w.retry.Stop()
+	}
 }
 
 // ctxError is the error of a request whose context ended: the context's
@@ -342,12 +375,20 @@ func (c *Conn) readLoop() {
 
 // readOne reads one record and dispatches it. It returns an error when the
 // connection is unusable, which includes a record that is not one whole
-// frame.
+// frame. While some waiter wants its payload in place, the record's header
+// is peeked at first, so that the reply it announces can be received into
+// that waiter's buffer directly.
 func (c *Conn) readOne() error {
 	var n, flags int
+	var w *waiter
 	var rerr error
 	err := c.rc.Read(func(fd uintptr) bool {
-		n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.readBuf, nil, 0)
+		w = c.claimInPlace(int(fd))
+		if w != nil {
+			n, _, flags, _, rerr = unix.RecvmsgBuffers(int(fd), [][]byte{w.hdr[:], w.dst}, nil, 0)
+		} else {
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.readBuf, nil, 0)
+		}
 		return rerr != unix.EAGAIN
 	})
 	if err == nil {
@@ -355,44 +396,83 @@ func (c *Conn) readOne() error {
 	}
 	switch {
 	case errors.Is(err, os.ErrClosed):
-		return fmt.Errorf("transport: closed: %w", ErrClosed)
+		err = fmt.Errorf("transport: closed: %w", ErrClosed)
 	case err != nil:
-		return fmt.Errorf("transport: receive: %v: %w", err, ErrClosed)
+		err = fmt.Errorf("transport: receive: %v: %w", err, ErrClosed)
 	case n == 0:
 		// A zero-length record on SEQPACKET is end of file: the daemon
 		// closed its end or died.
-		return fmt.Errorf("transport: daemon closed the connection: %w", io.EOF)
+		err = fmt.Errorf("transport: daemon closed the connection: %w", io.EOF)
 	case flags&unix.MSG_TRUNC != 0:
-		return fmt.Errorf("transport: record larger than %d bytes: %w", len(c.readBuf)-1, syscall.EPROTO)
+		err = fmt.Errorf("transport: record longer than its header says, or than %d bytes: %w", len(c.readBuf)-1, syscall.EPROTO)
 	case n < outHeaderSize:
-		return fmt.Errorf("transport: record of %d bytes has no reply header: %w", n, syscall.EPROTO)
+		err = fmt.Errorf("transport: record of %d bytes has no reply header: %w", n, syscall.EPROTO)
 	}
-	rec := c.readBuf[:n]
-	if want := int(le.Uint32(rec)); want != n {
-		// A spliced reply split over several records, or garbage: either
-		// way no later record can be trusted to start a frame.
-		return fmt.Errorf("transport: record of %d bytes, its header says %d (a split or malformed reply): %w", n, want, syscall.EPROTO)
+	if err == nil {
+		hdr := c.readBuf[:min(n, outHeaderSize)]
+		if w != nil {
+			hdr = w.hdr[:]
+		}
+		if want := int(wire.Len(hdr)); want != n {
+			// A spliced reply split over several records, or garbage:
+			// either way no later record can be trusted to start a frame.
+			err = fmt.Errorf("transport: record of %d bytes, its header says %d (a split or malformed reply): %w", n, want, syscall.EPROTO)
+		}
 	}
-	c.deliver(append([]byte(nil), rec...))
+	if w != nil {
+		// Claimed: the waiter is answered whatever happened, so that it
+		// never waits on a failed connection, nor leaves with dst in use.
+		w.ch <- result{frame: append([]byte(nil), w.hdr[:]...), inPlace: err == nil, err: err}
+	}
+	if err != nil {
+		return err
+	}
+	if w == nil {
+		c.deliver(append([]byte(nil), c.readBuf[:n]...))
+	}
 	return nil
 }
 
+// claimInPlace peeks at the next record's header and, if it answers a
+// waiter whose dst can hold its payload, takes that waiter out of pending
+// and returns it: the record is then received into it. Nothing is peeked
+// while no waiter wants its payload in place.
+func (c *Conn) claimInPlace(fd int) *waiter {
+	c.mu.Lock()
+	want := c.intoWaiters > 0
+	c.mu.Unlock()
+	if !want {
+		return nil
+	}
+	var hdr [outHeaderSize]byte
+	n, _, _, _, err := unix.Recvmsg(fd, hdr[:], nil, unix.MSG_PEEK)
+	if err != nil || n < outHeaderSize {
+		return nil // the plain receive sees the same and reports it
+	}
+	size, unique := int(wire.Len(hdr[:])), wire.Unique(hdr[:])
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.pending[unique]
+	if w == nil || w.dst == nil || size < outHeaderSize || size-outHeaderSize > len(w.dst) {
+		return nil
+	}
+	c.unpendLocked(unique, w)
+	return w
+}
+
 func (c *Conn) deliver(frame []byte) {
-	u := le.Uint64(frame[8:])
+	u := wire.Unique(frame)
 	c.mu.Lock()
 	w, ok := c.pending[u]
 	if ok {
-		delete(c.pending, u)
-		if w.retry != nil {
-			w.retry.Stop()
-		}
+		c.unpendLocked(u, w)
 	}
 	c.mu.Unlock()
 	switch {
 	case ok:
 		w.ch <- result{frame: frame}
 	case u&1 == 1:
-		c.interruptReply(u&^1, int32(le.Uint32(frame[4:])))
+		c.interruptReply(u&^1, wire.Status(frame))
 	default:
 		c.queueUnsolicited(frame)
 	}
@@ -403,13 +483,13 @@ func (c *Conn) deliver(frame []byte) {
 func (c *Conn) queueUnsolicited(frame []byte) {
 	if c.unsol == nil {
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("no-handler", "perfuse: unsolicited frame dropped: no handler", "unique", le.Uint64(frame[8:]))
+		c.warn.Warn("no-handler", "perfuse: unsolicited frame dropped: no handler", "unique", wire.Unique(frame))
 		return
 	}
 	if c.queued.Add(int64(len(frame))) > unsolBytes {
 		c.queued.Add(-int64(len(frame)))
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", le.Uint64(frame[8:]))
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(frame))
 		return
 	}
 	select {
@@ -417,7 +497,7 @@ func (c *Conn) queueUnsolicited(frame []byte) {
 	default:
 		c.queued.Add(-int64(len(frame)))
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", le.Uint64(frame[8:]))
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(frame))
 	}
 }
 
@@ -447,11 +527,7 @@ func (c *Conn) interrupt(unique uint64, w *waiter) {
 	if skip {
 		return
 	}
-	f := make([]byte, inHeaderSize+8)
-	le.PutUint32(f, uint32(len(f)))
-	le.PutUint32(f[4:], opInterrupt)
-	le.PutUint64(f[8:], unique|1)
-	le.PutUint64(f[inHeaderSize:], unique)
+	f := wire.Interrupt(unique)
 	err := c.sendNow(f)
 	switch {
 	case err == nil:
@@ -582,6 +658,7 @@ func (c *Conn) fail(cause error) {
 	c.err = cause
 	pending := c.pending
 	c.pending = map[uint64]*waiter{}
+	c.intoWaiters = 0
 	for _, w := range pending {
 		if w.retry != nil {
 			w.retry.Stop()

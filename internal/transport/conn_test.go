@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"runtime"
@@ -15,14 +16,17 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/daemonpeer"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
+	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
+var le = binary.NativeEndian
+
 // request builds a request frame with the given unique.
-func request(op uint32, unique, nodeid uint64, payload []byte) []byte {
+func request(op wire.Opcode, unique, nodeid uint64, payload []byte) []byte {
 	f := make([]byte, inHeaderSize+len(payload))
 	le.PutUint32(f, uint32(len(f)))
-	le.PutUint32(f[4:], op)
+	le.PutUint32(f[4:], uint32(op))
 	le.PutUint64(f[8:], unique)
 	le.PutUint64(f[16:], nodeid)
 	copy(f[inHeaderSize:], payload)
@@ -68,7 +72,7 @@ func exchange(c *Conn, ctx context.Context, frame []byte) chan result {
 	ch := make(chan result, 1)
 	go func() {
 		f, err := c.Exchange(ctx, frame)
-		ch <- result{f, err}
+		ch <- result{frame: f, err: err}
 	}()
 	return ch
 }
@@ -89,8 +93,8 @@ func waitResult(t *testing.T, ch chan result, bound time.Duration) result {
 // waiter, and nobody keeps waiting.
 func TestSplitReplyFailsTheConnection(t *testing.T) {
 	c, peer := pair(t, Options{})
-	a := exchange(c, context.Background(), request(15, 2, 1, nil))
-	b := exchange(c, context.Background(), request(3, 4, 1, nil))
+	a := exchange(c, context.Background(), request(wire.OpRead, 2, 1, nil))
+	b := exchange(c, context.Background(), request(wire.OpGetattr, 4, 1, nil))
 	readReq(t, peer)
 	readReq(t, peer)
 	whole := reply(2, 0, make([]byte, 100))
@@ -113,8 +117,8 @@ func TestSplitReplyFailsTheConnection(t *testing.T) {
 // waiter is left hanging.
 func TestInterleavedSplitRepliesFailTheConnection(t *testing.T) {
 	c, peer := pair(t, Options{})
-	a := exchange(c, context.Background(), request(15, 2, 1, nil))
-	b := exchange(c, context.Background(), request(15, 4, 1, nil))
+	a := exchange(c, context.Background(), request(wire.OpRead, 2, 1, nil))
+	b := exchange(c, context.Background(), request(wire.OpRead, 4, 1, nil))
 	readReq(t, peer)
 	readReq(t, peer)
 	ra, rb := reply(2, 0, make([]byte, 200)), reply(4, 0, make([]byte, 200))
@@ -133,8 +137,8 @@ func TestInterleavedSplitRepliesFailTheConnection(t *testing.T) {
 // connection first.
 func TestFileDataImitatingAHeaderIsNeverDelivered(t *testing.T) {
 	c, peer := pair(t, Options{})
-	read := exchange(c, context.Background(), request(15, 2, 1, nil))
-	victim := exchange(c, context.Background(), request(3, 4, 1, nil))
+	read := exchange(c, context.Background(), request(wire.OpRead, 2, 1, nil))
+	victim := exchange(c, context.Background(), request(wire.OpGetattr, 4, 1, nil))
 	readReq(t, peer)
 	readReq(t, peer)
 	forged := reply(4, 0, []byte("forged attributes, really file data"))
@@ -159,7 +163,7 @@ func TestEndedContextSendsNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for i := range 100 {
-		if _, err := c.Exchange(ctx, request(3, uint64(2+2*i), 1, nil)); !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.EINTR) {
+		if _, err := c.Exchange(ctx, request(wire.OpGetattr, uint64(2+2*i), 1, nil)); !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.EINTR) {
 			t.Fatalf("exchange with a cancelled context: %v", err)
 		}
 	}
@@ -177,10 +181,10 @@ func TestLostReplyHonoursTheDeadline(t *testing.T) {
 	c, peer := pair(t, Options{InterruptGrace: 50 * time.Millisecond, Unsolicited: func(f []byte) { late <- f }})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	ch := exchange(c, ctx, request(3, 2, 1, nil))
+	ch := exchange(c, ctx, request(wire.OpGetattr, 2, 1, nil))
 	readReq(t, peer)
 	intr := readReq(t, peer)
-	if le.Uint32(intr[4:]) != opInterrupt || le.Uint64(intr[inHeaderSize:]) != 2 {
+	if wire.OpcodeOf(intr) != wire.OpInterrupt || le.Uint64(intr[inHeaderSize:]) != 2 {
 		t.Fatalf("not an INTERRUPT of request 2: % x", intr)
 	}
 	r := waitResult(t, ch, 5*time.Second)
@@ -212,14 +216,14 @@ func TestDatagramPeerGoneIsENOTCONN(t *testing.T) {
 	}
 	defer c.Close()
 	unix.Close(fds[1])
-	if err := c.Send(context.Background(), request(2, 2, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
+	if err := c.Send(context.Background(), request(wire.OpForget, 2, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("send to a closed DGRAM peer: %v, want ENOTCONN", err)
 	}
 }
 
 func TestOversizeFrameIsAnError(t *testing.T) {
 	c, _ := pair(t, Options{})
-	big := request(16, 2, 1, make([]byte, c.MaxFrame()))
+	big := request(wire.OpWrite, 2, 1, make([]byte, c.MaxFrame()))
 	start := time.Now()
 	if _, err := c.Exchange(context.Background(), big); !errors.Is(err, syscall.EMSGSIZE) {
 		t.Fatalf("oversize frame: %v, want EMSGSIZE", err)
@@ -236,7 +240,7 @@ func TestOversizeFrameIsAnError(t *testing.T) {
 func TestPeerCloseFailsWaitersAndLaterCalls(t *testing.T) {
 	c, peer := pair(t, Options{})
 	errc := make(chan error, 1)
-	go func() { _, err := c.Exchange(context.Background(), request(3, 2, 1, nil)); errc <- err }()
+	go func() { _, err := c.Exchange(context.Background(), request(wire.OpGetattr, 2, 1, nil)); errc <- err }()
 	readReq(t, peer)
 	unix.Close(peer)
 	if err := <-errc; !errors.Is(err, syscall.ENOTCONN) {
@@ -247,19 +251,19 @@ func TestPeerCloseFailsWaitersAndLaterCalls(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Done not closed")
 	}
-	if _, err := c.Exchange(context.Background(), request(3, 4, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
+	if _, err := c.Exchange(context.Background(), request(wire.OpGetattr, 4, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("later call: %v", err)
 	}
-	if err := c.Send(context.Background(), request(2, 6, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
+	if err := c.Send(context.Background(), request(wire.OpForget, 6, 1, nil)); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("later send: %v", err)
 	}
 }
 
 func TestDuplicateUniqueRefused(t *testing.T) {
 	c, peer := pair(t, Options{})
-	go c.Exchange(context.Background(), request(3, 2, 1, nil))
+	go c.Exchange(context.Background(), request(wire.OpGetattr, 2, 1, nil))
 	readReq(t, peer)
-	if _, err := c.Exchange(context.Background(), request(3, 2, 1, nil)); !errors.Is(err, syscall.EINVAL) {
+	if _, err := c.Exchange(context.Background(), request(wire.OpGetattr, 2, 1, nil)); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("duplicate unique: %v", err)
 	}
 }
@@ -268,16 +272,16 @@ func TestInterruptEAGAINIsResent(t *testing.T) {
 	c, peer := pair(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { _, err := c.Exchange(ctx, request(3, 2, 1, nil)); errc <- err }()
+	go func() { _, err := c.Exchange(ctx, request(wire.OpGetattr, 2, 1, nil)); errc <- err }()
 	readReq(t, peer)
 	cancel()
 	first := readReq(t, peer)
-	if le.Uint32(first[4:]) != opInterrupt || le.Uint64(first[8:]) != 3 || le.Uint64(first[inHeaderSize:]) != 2 {
+	if wire.OpcodeOf(first) != wire.OpInterrupt || le.Uint64(first[8:]) != 3 || le.Uint64(first[inHeaderSize:]) != 2 {
 		t.Fatalf("INTERRUPT frame % x", first)
 	}
 	unix.Write(peer, reply(3, -int32(syscall.EAGAIN), nil))
 	second := readReq(t, peer)
-	if le.Uint32(second[4:]) != opInterrupt {
+	if wire.OpcodeOf(second) != wire.OpInterrupt {
 		t.Fatalf("not re-sent: % x", second)
 	}
 	unix.Write(peer, reply(2, -int32(syscall.EINTR), nil))
@@ -304,14 +308,14 @@ func TestSplicedReplyFromFuseOverlayfs(t *testing.T) {
 	}
 	defer c.Close()
 	ctx := context.Background()
-	call := func(op uint32, unique, nodeid uint64, payload []byte) ([]byte, error) {
+	call := func(op wire.Opcode, unique, nodeid uint64, payload []byte) ([]byte, error) {
 		t.Helper()
 		r, err := c.Exchange(ctx, request(op, unique, nodeid, payload))
 		if err != nil {
 			return nil, err
 		}
 		if st := int32(le.Uint32(r[4:])); st != 0 {
-			t.Fatalf("op %d: status %d", op, st)
+			t.Fatalf("%s: status %d", op, st)
 		}
 		return r[outHeaderSize:], nil
 	}
@@ -322,17 +326,17 @@ func TestSplicedReplyFromFuseOverlayfs(t *testing.T) {
 		}
 		return b
 	}
-	must(call(26, 2, 0, peerutil.InPayload(&fuse.InitIn{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, Flags: fuse.CAP_DONT_MASK | fuse.CAP_BIG_WRITES | fuse.CAP_MAX_PAGES})))
-	entry, _ := peerutil.Decode[fuse.EntryOut](must(call(1, 4, 1, []byte("f\x00"))))
-	open, _ := peerutil.Decode[fuse.OpenOut](must(call(14, 6, entry.NodeId, peerutil.InPayload(&fuse.OpenIn{}))))
+	must(call(wire.OpInit, 2, 0, peerutil.InPayload(&fuse.InitIn{Major: 7, Minor: 31, MaxReadAhead: 128 << 10, Flags: fuse.CAP_DONT_MASK | fuse.CAP_BIG_WRITES | fuse.CAP_MAX_PAGES})))
+	entry, _ := peerutil.Decode[fuse.EntryOut](must(call(wire.OpLookup, 4, 1, []byte("f\x00"))))
+	open, _ := peerutil.Decode[fuse.OpenOut](must(call(wire.OpOpen, 6, entry.NodeId, peerutil.InPayload(&fuse.OpenIn{}))))
 	const safe = 13 * 4096
 	for i, off := range []int{0, 1, 4095, 2049} {
-		got := must(call(15, uint64(8+2*i), entry.NodeId, peerutil.InPayload(&fuse.ReadIn{Fh: open.Fh, Offset: uint64(off), Size: safe})))
+		got := must(call(wire.OpRead, uint64(8+2*i), entry.NodeId, peerutil.InPayload(&fuse.ReadIn{Fh: open.Fh, Offset: uint64(off), Size: safe})))
 		if !bytes.Equal(got, data[off:off+safe]) {
 			t.Fatalf("13-page read at offset %d: %d bytes, differing", off, len(got))
 		}
 	}
-	_, err = call(15, 100, entry.NodeId, peerutil.InPayload(&fuse.ReadIn{Fh: open.Fh, Size: uint32(len(data))}))
+	_, err = call(wire.OpRead, 100, entry.NodeId, peerutil.InPayload(&fuse.ReadIn{Fh: open.Fh, Size: uint32(len(data))}))
 	if !errors.Is(err, syscall.ENOTCONN) || !errors.Is(err, syscall.EPROTO) {
 		t.Fatalf("spliced 256 KiB read: %v, want the connection failed (EPROTO)", err)
 	}
@@ -349,7 +353,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add(reply(3, -11, nil), reply(2, 0, nil))
 	f.Fuzz(func(t *testing.T, rec1, rec2 []byte) {
 		c, peer := pair(t, Options{Unsolicited: func([]byte) {}, InterruptGrace: -1})
-		ch := exchange(c, context.Background(), request(3, 2, 1, nil))
+		ch := exchange(c, context.Background(), request(wire.OpGetattr, 2, 1, nil))
 		readReq(t, peer)
 		for _, r := range [][]byte{rec1, rec2} {
 			if len(r) > 0 {
@@ -377,7 +381,7 @@ func TestBlockedSendHonoursContext(t *testing.T) {
 	threads := threadCount(t)
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {
-		frame := request(16, uint64(2+2*i), 1, make([]byte, c.MaxFrame()-inHeaderSize))
+		frame := request(wire.OpWrite, uint64(2+2*i), 1, make([]byte, c.MaxFrame()-inHeaderSize))
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
@@ -406,7 +410,7 @@ func TestBlockedSendHonoursContext(t *testing.T) {
 // its deadline instead of blocking its sender forever.
 func TestSendToAStoppedDaemonHonoursItsDeadline(t *testing.T) {
 	c, _ := pair(t, Options{})
-	frame := request(2, 0, 1, make([]byte, c.MaxFrame()-inHeaderSize))
+	frame := request(wire.OpForget, 0, 1, make([]byte, c.MaxFrame()-inHeaderSize))
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		err := c.Send(ctx, frame)
@@ -432,7 +436,7 @@ func TestInterruptEAGAINLoopIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var chs []chan result
 	for i := range n {
-		chs = append(chs, exchange(c, ctx, request(3, uint64(2+2*i), 1, nil)))
+		chs = append(chs, exchange(c, ctx, request(wire.OpGetattr, uint64(2+2*i), 1, nil)))
 	}
 	for range n {
 		readReq(t, peer)
@@ -449,7 +453,7 @@ func TestInterruptEAGAINLoopIsBounded(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		if err != nil || k < inHeaderSize || le.Uint32(buf[4:]) != opInterrupt {
+		if err != nil || k < inHeaderSize || wire.OpcodeOf(buf) != wire.OpInterrupt {
 			t.Fatalf("read %d bytes, %v: want INTERRUPTs", k, err)
 		}
 		interrupts++
@@ -515,4 +519,56 @@ func threadCount(t testing.TB) int {
 	}
 	t.Fatal("no Threads line")
 	return 0
+}
+
+// A READ's payload is received straight into the caller's buffer: the
+// record's header is peeked at, and the payload lands in dst in place.
+// Replies for others, and one too large for dst, still come whole.
+func TestExchangeIntoReceivesInPlace(t *testing.T) {
+	c, peer := pair(t, Options{})
+	dst := make([]byte, 100)
+	type into struct {
+		reply   []byte
+		inPlace bool
+		err     error
+	}
+	got := make(chan into, 1)
+	go func() {
+		r, in, err := c.ExchangeInto(context.Background(), request(wire.OpRead, 2, 1, nil), dst)
+		got <- into{r, in, err}
+	}()
+	other := exchange(c, context.Background(), request(wire.OpGetattr, 4, 1, nil))
+	readReq(t, peer)
+	readReq(t, peer)
+	unix.Write(peer, reply(4, 0, []byte("attrs")))
+	unix.Write(peer, reply(2, 0, []byte("file data")))
+	r := <-got
+	if r.err != nil || !r.inPlace || len(r.reply) != outHeaderSize || string(dst[:9]) != "file data" {
+		t.Fatalf("ExchangeInto: %d-byte reply, in place %v, dst %q, %v", len(r.reply), r.inPlace, dst[:9], r.err)
+	}
+	if o := waitResult(t, other, 5*time.Second); o.err != nil || string(o.frame[outHeaderSize:]) != "attrs" {
+		t.Fatalf("the other waiter: %q %v", o.frame, o.err)
+	}
+	go func() {
+		r, in, err := c.ExchangeInto(context.Background(), request(wire.OpRead, 6, 1, nil), dst[:4])
+		got <- into{r, in, err}
+	}()
+	readReq(t, peer)
+	unix.Write(peer, reply(6, 0, []byte("too long for dst")))
+	if r := <-got; r.err != nil || r.inPlace || string(r.reply[outHeaderSize:]) != "too long for dst" {
+		t.Fatalf("reply larger than dst: %q in place %v, %v", r.reply, r.inPlace, r.err)
+	}
+	// A record longer than its header claims fails the connection, and the
+	// claimed waiter with it: it never waits, nor keeps dst.
+	go func() {
+		r, in, err := c.ExchangeInto(context.Background(), request(wire.OpRead, 8, 1, nil), dst)
+		got <- into{r, in, err}
+	}()
+	readReq(t, peer)
+	lying := reply(8, 0, make([]byte, 50))
+	le.PutUint32(lying, 30)
+	unix.Write(peer, lying)
+	if r := <-got; !errors.Is(r.err, syscall.EPROTO) {
+		t.Fatalf("lying record: %v, want EPROTO", r.err)
+	}
 }
