@@ -103,3 +103,76 @@ func TestRelayRetrieveFloodIsBounded(t *testing.T) {
 		t.Error("no retrieve dropped from a flood by a daemon that does not read")
 	}
 }
+
+// A reply that cannot be parsed with certainty (here a GETATTR reply cut
+// into two records, as a splicing daemon sends one) fails the whole
+// connection through the relay: the caller gets an error, the session
+// ends, and the mount is removed. Nobody is left waiting.
+func TestRelaySplitReplyEndsTheMount(t *testing.T) {
+	kerneltest.NeedMount(t)
+	client, daemon, err := peerutil.SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(daemon) })
+	split := make(chan struct{})
+	go func() {
+		buf := make([]byte, 1<<20)
+		for {
+			n, err := unix.Read(daemon, buf)
+			if err != nil || n < 40 {
+				return
+			}
+			h, _ := peerutil.Decode[fuse.InHeader](buf[:n])
+			switch h.Opcode {
+			case 26: // INIT
+				unix.Write(daemon, fakepeer.ReplyFrame(h.Unique, 0, fakepeer.InitOutBytes(fuse.InitOut{
+					Major: 7, Minor: 31, MaxWrite: 1 << 20, MaxReadAhead: 128 << 10, MaxPages: 256, Flags: fuse.CAP_MAX_PAGES,
+				})))
+			case 3: // GETATTR
+				attr := fakepeer.ReplyFrame(h.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o755, Nlink: 2}})
+				select {
+				case <-split:
+					unix.Write(daemon, attr[:50])
+					unix.Write(daemon, attr[50:])
+				default:
+					unix.Write(daemon, attr)
+				}
+			case 2, 42:
+			default:
+				unix.Write(daemon, fakepeer.ReplyFrame(h.Unique, syscall.ENOENT))
+			}
+		}
+	}()
+	r := kerneltest.Mount(t, client, kernel.Config{})
+	close(split)
+	errc := make(chan error, 1)
+	go func() {
+		var st unix.Stat_t
+		errc <- unix.Stat(r.Dir+"/.", &st)
+	}()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("stat answered from a split reply")
+		}
+		t.Logf("stat: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("stat still waiting 10 s after a split reply")
+	}
+	select {
+	case err := <-r.MainErr:
+		if err == nil {
+			t.Error("the session ended cleanly after a split reply")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session still runs 10 s after a split reply")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for kerneltest.Mounted(r.Dir) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if kerneltest.Mounted(r.Dir) {
+		t.Error("the mount is still there 10 s after its connection failed")
+	}
+}
