@@ -198,12 +198,6 @@ func structBytes[T any](p *T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p))
 }
 
-// putIn copies the fixed part of a go-fuse request struct (which embeds the
-// in header) into the payload of m at its start.
-func putIn[T any](m *Message, req *T) {
-	copy(m.InPayload(), structBytes(req)[inHeaderSize:])
-}
-
 // errProto builds the error for a reply that breaks the protocol.
 func errProto(op Opcode, format string, args ...any) error {
 	return fmt.Errorf("perfuse: %s reply: %s: %w", OpName(op), fmt.Sprintf(format, args...), syscall.EPROTO)

@@ -51,20 +51,12 @@ func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 			req.Mtime, req.Mtimensec = a.Mtime, a.Mtimensec
 		}
 	}
-	m, err := u.newReq(OpSetattr, n, cred, fixed(OpSetattr, &req), nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer u.destroy(m)
 	if req.Valid&fuse.FATTR_SIZE != 0 {
 		// A size change and the writes on the node are ordered.
 		n.wmu.Lock()
 		defer n.wmu.Unlock()
 	}
-	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
-		return nil, err
-	}
-	out, err := decodeExact[fuse.AttrOut](OpSetattr, m.OutPayload())
+	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpSetattr, node: n, cred: cred, in: fixed(OpSetattr, &req)})
 	if err != nil {
 		return nil, err
 	}
@@ -91,8 +83,7 @@ func (u *Usermount) NodeAccess(ctx context.Context, cred *Cred, n *Node, mask ui
 	}
 	if !u.noAccess.Load() {
 		in := fuse.AccessIn{Mask: mask}
-		m, err := u.newReq(OpAccess, n, cred, fixed(OpAccess, &in), nil, nil)
-		err = u.call(ctx, n, m, err)
+		err := u.do(ctx, request{op: OpAccess, node: n, cred: cred, in: fixed(OpAccess, &in)}, nil)
 		if !isENOSYS(err) {
 			return err
 		}

@@ -55,15 +55,7 @@ func (u *Usermount) NodeCreate(ctx context.Context, cred *Cred, dir *Node, name 
 func (u *Usermount) create(ctx context.Context, cred *Cred, dir *Node, name string, flags int, mode, umask uint32) (*Entry, *Handle, error) {
 	f := uint32(flags &^ syscall.O_NOCTTY)
 	in := fuse.CreateIn{Flags: f, Mode: u.masked(mode, umask), Umask: umask}
-	m, err := u.newReq(OpCreate, dir, cred, fixed(OpCreate, &in), []string{name}, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer u.destroy(m)
-	if err := u.xchg(ctx, dir, m, WaitReply); err != nil {
-		return nil, nil, err
-	}
-	out, err := decodeExact[fuse.CreateOut](OpCreate, m.OutPayload())
+	out, err := roundTrip[fuse.CreateOut](ctx, u, request{op: OpCreate, node: dir, cred: cred, in: fixed(OpCreate, &in), names: []string{name}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -130,8 +122,7 @@ func (u *Usermount) NodeMknod(ctx context.Context, cred *Cred, dir *Node, name s
 		return nil, fmt.Errorf("perfuse: mknod of type %#o: %w", typ, syscall.EINVAL)
 	}
 	in := fuse.MknodIn{Mode: typ | u.masked(mode&0o7777, umask), Rdev: rdev, Umask: umask}
-	m, err := u.newReq(OpMknod, dir, cred, fixed(OpMknod, &in), []string{name}, nil)
-	return u.mkEntry(ctx, OpMknod, dir, m, err, name, typ)
+	return u.mkEntry(ctx, request{op: OpMknod, node: dir, cred: cred, in: fixed(OpMknod, &in), names: []string{name}}, name, typ)
 }
 
 // NodeMkdir creates the directory name in dir (FUSE_MKDIR).
@@ -140,8 +131,7 @@ func (u *Usermount) NodeMkdir(ctx context.Context, cred *Cred, dir *Node, name s
 		return nil, err
 	}
 	in := fuse.MkdirIn{Mode: u.masked(mode&0o7777, umask), Umask: umask}
-	m, err := u.newReq(OpMkdir, dir, cred, fixed(OpMkdir, &in), []string{name}, nil)
-	return u.mkEntry(ctx, OpMkdir, dir, m, err, name, syscall.S_IFDIR)
+	return u.mkEntry(ctx, request{op: OpMkdir, node: dir, cred: cred, in: fixed(OpMkdir, &in), names: []string{name}}, name, syscall.S_IFDIR)
 }
 
 // NodeSymlink creates the symbolic link name in dir pointing to target
@@ -158,8 +148,7 @@ func (u *Usermount) NodeSymlink(ctx context.Context, cred *Cred, dir *Node, name
 	case bytes.IndexByte([]byte(target), 0) >= 0:
 		return nil, fmt.Errorf("perfuse: symlink target with NUL: %w", syscall.EINVAL)
 	}
-	m, err := u.newReq(OpSymlink, dir, cred, nil, []string{name, target}, nil)
-	return u.mkEntry(ctx, OpSymlink, dir, m, err, name, syscall.S_IFLNK)
+	return u.mkEntry(ctx, request{op: OpSymlink, node: dir, cred: cred, names: []string{name, target}}, name, syscall.S_IFLNK)
 }
 
 // NodeLink makes name in dir a new hard link to n (FUSE_LINK). The entry
@@ -173,24 +162,17 @@ func (u *Usermount) NodeLink(ctx context.Context, cred *Cred, n *Node, dir *Node
 		return nil, fmt.Errorf("perfuse: link to a directory: %w", syscall.EPERM)
 	}
 	in := fuse.LinkIn{Oldnodeid: n.id}
-	m, err := u.newReq(OpLink, dir, cred, fixed(OpLink, &in), []string{name}, nil)
-	return u.mkEntry(ctx, OpLink, dir, m, err, name, n.mode.Load())
+	return u.mkEntry(ctx, request{op: OpLink, node: dir, cred: cred, in: fixed(OpLink, &in), names: []string{name}}, name, n.mode.Load())
 }
 
-// mkEntry sends a request that creates a name and decodes its entry.
-func (u *Usermount) mkEntry(ctx context.Context, op Opcode, dir *Node, m *Message, err error, name string, typ uint32) (*Entry, error) {
+// mkEntry sends r, which creates name, and counts the entry it answers
+// (of type typ, 0: any).
+func (u *Usermount) mkEntry(ctx context.Context, r request, name string, typ uint32) (*Entry, error) {
+	out, err := roundTrip[fuse.EntryOut](ctx, u, r)
 	if err != nil {
 		return nil, err
 	}
-	defer u.destroy(m)
-	if err := u.xchg(ctx, dir, m, WaitReply); err != nil {
-		return nil, err
-	}
-	out, err := decodeExact[fuse.EntryOut](op, m.OutPayload())
-	if err != nil {
-		return nil, err
-	}
-	if err := u.checkNewEntry(ctx, op, out, typ, nil); err != nil {
+	if err := u.checkNewEntry(ctx, r.op, out, typ, nil); err != nil {
 		return nil, err
 	}
 	return &Entry{Node: u.lookedUp(out, name), EntryOut: *out}, nil
@@ -223,8 +205,7 @@ func (u *Usermount) NodeRemove(ctx context.Context, cred *Cred, dir *Node, name 
 	if err := checkName(name); err != nil {
 		return err
 	}
-	m, err := u.newReq(OpUnlink, dir, cred, nil, []string{name}, nil)
-	return u.call(ctx, dir, m, err)
+	return u.do(ctx, request{op: OpUnlink, node: dir, cred: cred, names: []string{name}}, nil)
 }
 
 // NodeRmdir removes the empty directory name from dir (FUSE_RMDIR).
@@ -239,8 +220,7 @@ func (u *Usermount) NodeRmdir(ctx context.Context, cred *Cred, dir *Node, name s
 	if err := checkName(name); err != nil {
 		return err
 	}
-	m, err := u.newReq(OpRmdir, dir, cred, nil, []string{name}, nil)
-	return u.call(ctx, dir, m, err)
+	return u.do(ctx, request{op: OpRmdir, node: dir, cred: cred, names: []string{name}}, nil)
 }
 
 // Flags of NodeRename, as renameat2(2)'s.
@@ -275,8 +255,7 @@ func (u *Usermount) NodeRename(ctx context.Context, cred *Cred, olddir *Node, ol
 		}
 	}
 	in := fuse.RenameIn{Newdir: newdir.id, Flags: flags}
-	m, err := u.newReq(op, olddir, cred, fixed(op, &in), []string{oldname, newname}, nil)
-	err = u.call(ctx, olddir, m, err)
+	err := u.do(ctx, request{op: op, node: olddir, cred: cred, in: fixed(op, &in), names: []string{oldname, newname}}, nil)
 	if op == OpRename2 && isENOSYS(err) {
 		u.noLonger(OpRename2)
 		return fmt.Errorf("perfuse: daemon lacks RENAME2: %w", syscall.EINVAL)
@@ -288,18 +267,17 @@ func (u *Usermount) NodeRename(ctx context.Context, cred *Cred, olddir *Node, ol
 // Trailing NULs (which many daemons send) are dropped; an empty or
 // over-long target is EIO (upstream exited).
 func (u *Usermount) NodeReadlink(ctx context.Context, cred *Cred, n *Node) (string, error) {
-	m := u.newMsg(OpReadlink, n, 0, cred)
-	defer u.destroy(m)
-	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
-		return "", err
-	}
-	b := m.OutPayload()
-	if len(b) > pathMax {
-		return "", fmt.Errorf("perfuse: READLINK reply of %d bytes: %w", len(b), syscall.EIO)
-	}
-	b = bytes.TrimRight(b, "\x00")
-	if len(b) == 0 || bytes.IndexByte(b, 0) >= 0 {
-		return "", fmt.Errorf("perfuse: READLINK reply %q: %w", b, syscall.EIO)
-	}
-	return string(b), nil
+	var target string
+	err := u.do(ctx, request{op: OpReadlink, node: n, cred: cred}, func(b []byte) error {
+		if len(b) > pathMax {
+			return fmt.Errorf("perfuse: READLINK reply of %d bytes: %w", len(b), syscall.EIO)
+		}
+		b = bytes.TrimRight(b, "\x00")
+		if len(b) == 0 || bytes.IndexByte(b, 0) >= 0 {
+			return fmt.Errorf("perfuse: READLINK reply %q: %w", b, syscall.EIO)
+		}
+		target = string(b)
+		return nil
+	})
+	return target, err
 }

@@ -44,20 +44,21 @@ const (
 )
 
 func (u *Usermount) init(ctx context.Context) error {
-	m := u.newMsg(OpInit, nil, row(OpInit).In, nil)
-	putIn(m, &fuse.InitIn{
+	in := fuse.InitIn{
 		Major:        ProtocolMajor,
 		Minor:        ProtocolMinor,
 		MaxReadAhead: defaultReadahead,
 		Flags:        uint32(initFlags),
-	})
-	defer u.destroy(m)
-	if err := u.xchg(ctx, nil, m, WaitReply); err != nil {
-		return fmt.Errorf("perfuse: INIT: %w", err)
 	}
-	out, err := decodeAtLeast[fuse.InitOut](OpInit, m.OutPayload(), 8)
-	if err != nil {
+	var out *fuse.InitOut
+	got := 0
+	err := u.do(ctx, request{op: OpInit, in: fixed(OpInit, &in)}, func(b []byte) (err error) {
+		got = len(b)
+		out, err = decodeAtLeast[fuse.InitOut](OpInit, b, 8)
 		return err
+	})
+	if err != nil {
+		return fmt.Errorf("perfuse: INIT: %w", err)
 	}
 	if out.Major != ProtocolMajor {
 		return fmt.Errorf("perfuse: INIT: daemon speaks major %d, want %d: %w", out.Major, ProtocolMajor, syscall.EPROTO)
@@ -69,7 +70,7 @@ func (u *Usermount) init(ctx context.Context) error {
 	if out.Minor > 22 {
 		want = int(unsafe.Sizeof(fuse.InitOut{}))
 	}
-	if got := len(m.OutPayload()); got < want && got != initOutCompat {
+	if got < want && got != initOutCompat {
 		return errProto(OpInit, "payload is %d bytes for minor %d", got, out.Minor)
 	}
 	u.lim.Store(u.negotiate(out))
@@ -133,12 +134,7 @@ func (u *Usermount) Negotiated() (minor uint32, flags uint64, maxWrite, maxRead 
 // FsStatvfs asks the daemon for filesystem statistics (FUSE_STATFS on the
 // root).
 func (u *Usermount) FsStatvfs(ctx context.Context, cred *Cred) (*fuse.StatfsOut, error) {
-	m := u.newMsg(OpStatfs, u.root, 0, cred)
-	defer u.destroy(m)
-	if err := u.xchg(ctx, u.root, m, WaitReply); err != nil {
-		return nil, err
-	}
-	return decodeExact[fuse.StatfsOut](OpStatfs, m.OutPayload())
+	return roundTrip[fuse.StatfsOut](ctx, u, request{op: OpStatfs, node: u.root, cred: cred})
 }
 
 // FsUnmount ends the session with the daemon as a forced unmount (what
@@ -170,9 +166,7 @@ func (u *Usermount) FsUnmountForce(ctx context.Context, force bool) error {
 	if err := u.sendForgets(ctx, u.forgetEverything()); err != nil {
 		u.log.Warn("perfuse: forget at unmount", "err", err)
 	}
-	m := u.newMsg(OpDestroy, nil, 0, nil)
-	defer u.destroy(m)
-	err := u.xchg(ctx, nil, m, WaitReply)
+	err := u.do(ctx, request{op: OpDestroy}, nil)
 	if errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.ENOTCONN) {
 		return nil
 	}

@@ -94,15 +94,7 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 
 func (u *Usermount) writeChunk(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64, writeFlags uint32, lockOwner uint64) (int, error) {
 	in := fuse.WriteIn{Fh: h.fh, Offset: uint64(off), Size: uint32(len(p)), WriteFlags: writeFlags, LockOwner: lockOwner, Flags: h.flags}
-	m, err := u.newReq(OpWrite, h.node, cred, fixed(OpWrite, &in), nil, p)
-	if err != nil {
-		return 0, err
-	}
-	defer u.destroy(m)
-	if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
-		return 0, err
-	}
-	out, err := decodeExact[fuse.WriteOut](OpWrite, m.OutPayload())
+	out, err := roundTrip[fuse.WriteOut](ctx, u, request{op: OpWrite, node: h.node, cred: cred, in: fixed(OpWrite, &in), tail: p})
 	if err != nil {
 		return 0, err
 	}
@@ -124,8 +116,7 @@ func (u *Usermount) NodeFlush(ctx context.Context, cred *Cred, h *Handle, lockOw
 		return nil
 	}
 	in := fuse.FlushIn{Fh: h.fh, LockOwner: lockOwner}
-	m, err := u.newReq(OpFlush, h.node, cred, fixed(OpFlush, &in), nil, nil)
-	err = u.call(ctx, h.node, m, err)
+	err := u.do(ctx, request{op: OpFlush, node: h.node, cred: cred, in: fixed(OpFlush, &in)}, nil)
 	if isENOSYS(err) {
 		u.noLonger(OpFlush)
 		return nil
@@ -166,8 +157,7 @@ func (u *Usermount) NodeFsync(ctx context.Context, cred *Cred, h *Handle, datasy
 	if datasync {
 		in.FsyncFlags = 1 // FUSE_FSYNC_FDATASYNC
 	}
-	m, err := u.newReq(op, h.node, cred, fixed(op, &in), nil, nil)
-	err = u.call(ctx, h.node, m, err)
+	err := u.do(ctx, request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}, nil)
 	if isENOSYS(err) {
 		u.noLonger(op)
 		return nil
@@ -198,8 +188,7 @@ func (u *Usermount) NodeFallocate(ctx context.Context, cred *Cred, h *Handle, mo
 	h.node.wmu.Lock()
 	defer h.node.wmu.Unlock()
 	in := fuse.FallocateIn{Fh: h.fh, Offset: off, Length: length, Mode: mode}
-	m, err := u.newReq(OpFallocate, h.node, cred, fixed(OpFallocate, &in), nil, nil)
-	err = u.call(ctx, h.node, m, err)
+	err := u.do(ctx, request{op: OpFallocate, node: h.node, cred: cred, in: fixed(OpFallocate, &in)}, nil)
 	if isENOSYS(err) {
 		u.noLonger(OpFallocate)
 		return fmt.Errorf("perfuse: daemon lacks FALLOCATE: %w", syscall.EOPNOTSUPP)
@@ -253,23 +242,13 @@ func (u *Usermount) NodeLseek(ctx context.Context, cred *Cred, h *Handle, off in
 	}
 	if !u.unsupported[OpLseek].Load() {
 		in := fuse.LseekIn{Fh: h.fh, Offset: uint64(off), Whence: whence}
-		m, err := u.newReq(OpLseek, h.node, cred, fixed(OpLseek, &in), nil, nil)
-		if err != nil {
-			return 0, err
-		}
-		err = u.xchg(ctx, h.node, m, WaitReply)
+		out, err := roundTrip[fuse.LseekOut](ctx, u, request{op: OpLseek, node: h.node, cred: cred, in: fixed(OpLseek, &in)})
 		if err == nil {
-			out, err := decodeExact[fuse.LseekOut](OpLseek, m.OutPayload())
-			u.destroy(m)
-			if err != nil {
-				return 0, err
-			}
 			if out.Offset > math.MaxInt64 {
 				return 0, fmt.Errorf("perfuse: LSEEK to %d: %w", out.Offset, syscall.EIO)
 			}
 			return int64(out.Offset), nil
 		}
-		u.destroy(m)
 		if !isENOSYS(err) {
 			return 0, err
 		}
@@ -316,20 +295,11 @@ func (u *Usermount) NodeCopyFileRange(ctx context.Context, cred *Cred, in *Handl
 		return 0, nil
 	}
 	req := fuse.CopyFileRangeIn{FhIn: in.fh, OffIn: offIn, NodeIdOut: out.node.id, FhOut: out.fh, OffOut: offOut, Len: length, Flags: flags}
-	m, err := u.newReq(OpCopyFileRange, in.node, cred, fixed(OpCopyFileRange, &req), nil, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer u.destroy(m)
-	err = u.xchg(ctx, in.node, m, WaitReply)
+	res, err := roundTrip[fuse.WriteOut](ctx, u, request{op: OpCopyFileRange, node: in.node, cred: cred, in: fixed(OpCopyFileRange, &req)})
 	if isENOSYS(err) {
 		u.noLonger(OpCopyFileRange)
 		return 0, fmt.Errorf("perfuse: daemon lacks COPY_FILE_RANGE: %w", syscall.EOPNOTSUPP)
 	}
-	if err != nil {
-		return 0, err
-	}
-	res, err := decodeExact[fuse.WriteOut](OpCopyFileRange, m.OutPayload())
 	if err != nil {
 		return 0, err
 	}
@@ -374,21 +344,16 @@ func (u *Usermount) NodePoll(ctx context.Context, cred *Cred, h *Handle, kh uint
 		return pollDefault & events, nil
 	}
 	in := pollIn{Fh: h.fh, Kh: kh, Flags: flags, Events: events}
-	m, err := u.newReq(OpPoll, h.node, cred, fixed(OpPoll, &in), nil, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer u.destroy(m)
-	err = u.xchg(ctx, h.node, m, WaitReply)
+	var revents uint32
+	err := u.do(ctx, request{op: OpPoll, node: h.node, cred: cred, in: fixed(OpPoll, &in)}, func(b []byte) error {
+		revents = nativeEndian.Uint32(b) // fuse_poll_out: revents, padding
+		return nil
+	})
 	if isENOSYS(err) {
 		u.noLonger(OpPoll)
 		return pollDefault & events, nil
 	}
-	if err != nil {
-		return 0, err
-	}
-	b := m.OutPayload() // fuse_poll_out: revents, padding
-	return nativeEndian.Uint32(b), nil
+	return revents, err
 }
 
 // NotifyReply answers the daemon's NOTIFY_RETRIEVE whose notify_unique is
@@ -399,14 +364,8 @@ func (u *Usermount) NotifyReply(ctx context.Context, notifyUnique uint64, n *Nod
 		return fmt.Errorf("perfuse: NOTIFY_REPLY of %d bytes: %w", len(data), syscall.E2BIG)
 	}
 	in := fuse.NotifyRetrieveIn{Offset: off, Size: uint32(len(data))}
-	m, err := u.newReq(OpNotifyReply, n, nil, fixed(OpNotifyReply, &in), nil, data)
-	if err != nil {
-		return err
-	}
-	defer u.destroy(m)
 	// The reply takes the notification's unique, as the kernel's does.
-	m.InHeader().Unique = notifyUnique
-	return u.xchg(ctx, n, m, NoReply)
+	return u.do(ctx, request{op: OpNotifyReply, node: n, in: fixed(OpNotifyReply, &in), tail: data, unique: notifyUnique}, nil)
 }
 
 // NodeInactive is the last close of n: every open of n not yet released

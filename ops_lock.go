@@ -66,23 +66,22 @@ func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op O
 		return fuse.FileLock{}, fmt.Errorf("perfuse: daemon does not do these locks: %w", syscall.ENOSYS)
 	}
 	in := fuse.LkIn{Fh: h.fh, Owner: owner, Lk: lk, LkFlags: lkFlags}
-	m, err := u.newReq(op, h.node, cred, fixed(op, &in), nil, nil)
-	if err != nil {
-		return fuse.FileLock{}, err
+	r := request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}
+	if op != OpGetlk {
+		if err := u.do(ctx, r, nil); err != nil {
+			return fuse.FileLock{}, err
+		}
+		if flock {
+			h.flockOwner.Store(owner)
+		}
+		return lk, nil
 	}
-	defer u.destroy(m)
-	if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
+	out, err := roundTrip[fuse.LkOut](ctx, u, r)
+	if err != nil {
 		return fuse.FileLock{}, err
 	}
 	if flock {
 		h.flockOwner.Store(owner)
-	}
-	if op != OpGetlk {
-		return lk, nil
-	}
-	out, err := decodeExact[fuse.LkOut](op, m.OutPayload())
-	if err != nil {
-		return fuse.FileLock{}, err
 	}
 	got := out.Lk
 	if got.Typ != syscall.F_UNLCK && (got.Start > got.End || got.End > OffsetMax || got.Typ != syscall.F_RDLCK && got.Typ != syscall.F_WRLCK) {

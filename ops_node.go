@@ -76,11 +76,6 @@ func checkName(name string) error {
 	return nil
 }
 
-// putName writes name and its NUL into the payload at off.
-func putName(m *Message, off int, name string) {
-	copy(m.InPayload()[off:], name)
-}
-
 // checkNewName refuses, as the kernel's VFS does, a name that cannot be
 // created: "." and ".." exist already.
 func checkNewName(name string) error {
@@ -88,47 +83,6 @@ func checkNewName(name string) error {
 		return fmt.Errorf("perfuse: create %q: %w", name, syscall.EEXIST)
 	}
 	return checkName(name)
-}
-
-// fixed returns the fixed request part of op from a go-fuse request
-// struct, cut to the size the opcode table gives (RENAME and SETXATTR use
-// shorter structs than go-fuse's).
-func fixed[T any](op Opcode, in *T) []byte {
-	return structBytes(in)[inHeaderSize:][:row(op).In]
-}
-
-// maxRequest is the largest request frame the daemon was promised: a
-// WRITE of max_write bytes.
-func (u *Usermount) maxRequest() int { return writeHeader + u.limits().maxWrite }
-
-// newReq builds op's request on n: the fixed part, then each name with
-// its NUL, then tail. A frame larger than the daemon accepts is E2BIG,
-// refused before the wire.
-func (u *Usermount) newReq(op Opcode, n *Node, cred *Cred, fix []byte, names []string, tail []byte) (*Message, error) {
-	size := len(fix) + len(tail)
-	for _, s := range names {
-		size += len(s) + 1
-	}
-	if inHeaderSize+size > u.maxRequest() {
-		return nil, fmt.Errorf("perfuse: %s of %d bytes: %w", op, inHeaderSize+size, syscall.E2BIG)
-	}
-	m := u.newMsg(op, n, size, cred)
-	b := m.InPayload()
-	off := copy(b, fix)
-	for _, s := range names {
-		off += copy(b[off:], s) + 1
-	}
-	copy(b[off:], tail)
-	return m, nil
-}
-
-// call sends a request whose reply has no payload to use.
-func (u *Usermount) call(ctx context.Context, n *Node, m *Message, err error) error {
-	if err != nil {
-		return err
-	}
-	defer u.destroy(m)
-	return u.xchg(ctx, n, m, WaitReply)
 }
 
 // isENOSYS reports a daemon's "not implemented".
@@ -147,22 +101,16 @@ func (u *Usermount) NodeLookup(ctx context.Context, cred *Cred, dir *Node, name 
 	if err := checkName(name); err != nil {
 		return nil, err
 	}
-	m := u.newMsg(OpLookup, dir, len(name)+1, cred)
-	defer u.destroy(m)
-	putName(m, 0, name)
-	if err := u.xchg(ctx, dir, m, WaitReply); err != nil {
-		return nil, err
-	}
-	return u.entry(OpLookup, m, name)
-}
-
-// entry decodes an entry reply and counts the lookup. Nodeid 0 is a
-// negative entry: ENOENT.
-func (u *Usermount) entry(op Opcode, m *Message, name string) (*Entry, error) {
-	out, err := decodeExact[fuse.EntryOut](op, m.OutPayload())
+	out, err := roundTrip[fuse.EntryOut](ctx, u, request{op: OpLookup, node: dir, cred: cred, names: []string{name}})
 	if err != nil {
 		return nil, err
 	}
+	return u.entry(out, name)
+}
+
+// entry counts the lookup of an entry reply. Nodeid 0 is a negative
+// entry: ENOENT.
+func (u *Usermount) entry(out *fuse.EntryOut, name string) (*Entry, error) {
 	if out.NodeId == 0 {
 		return nil, &NegativeEntry{EntryOut: *out}
 	}
@@ -191,17 +139,11 @@ func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 			return nil, err
 		}
 	}
-	m := u.newMsg(OpGetattr, n, row(OpGetattr).In, cred)
-	defer u.destroy(m)
 	in := fuse.GetAttrIn{}
 	if h != nil && !h.dir {
 		in.Flags_, in.Fh_ = fuse.FUSE_GETATTR_FH, h.fh
 	}
-	putIn(m, &in)
-	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
-		return nil, err
-	}
-	out, err := decodeExact[fuse.AttrOut](OpGetattr, m.OutPayload())
+	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpGetattr, node: n, cred: cred, in: fixed(OpGetattr, &in)})
 	if err != nil {
 		return nil, err
 	}
@@ -225,14 +167,8 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	if truncate {
 		flags &^= syscall.O_TRUNC
 	}
-	m := u.newMsg(op, n, row(op).In, cred)
-	defer u.destroy(m)
 	f := uint32(flags &^ openStrip)
-	putIn(m, &fuse.OpenIn{Flags: f})
-	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
-		return nil, err
-	}
-	out, err := decodeExact[fuse.OpenOut](op, m.OutPayload())
+	out, err := roundTrip[fuse.OpenOut](ctx, u, request{op: op, node: n, cred: cred, in: fixed(op, &fuse.OpenIn{Flags: f})})
 	if err != nil {
 		return nil, err
 	}
@@ -263,11 +199,9 @@ func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 	if h.dir {
 		op = OpReleasedir
 	}
-	m := u.newMsg(op, h.node, row(op).In, nil)
-	defer u.destroy(m)
-	putIn(m, &fuse.ReleaseIn{Fh: h.fh, Flags: h.flags, ReleaseFlags: h.releaseFlags(), LockOwner: h.flockOwner.Load()})
+	in := fuse.ReleaseIn{Fh: h.fh, Flags: h.flags, ReleaseFlags: h.releaseFlags(), LockOwner: h.flockOwner.Load()}
 	u.debug(DiagFH, "perfuse: release", "nodeid", h.node.id, "fh", h.fh)
-	return u.xchg(ctx, h.node, m, WaitReply)
+	return u.do(ctx, request{op: op, node: h.node, in: fixed(op, &in)}, nil)
 }
 
 // spliceSafeRead is the most one READ asks of the daemon. A daemon that
@@ -341,21 +275,20 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 }
 
 func (u *Usermount) readChunk(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
-	m := u.newMsg(OpRead, h.node, row(OpRead).In, cred)
-	defer u.destroy(m)
-	putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: uint64(off), Size: uint32(len(p)), Flags: h.flags})
-	m.dst = p // the socket transport receives the data there, in place
-	if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
-		return 0, err
-	}
-	data := m.OutPayload()
-	if len(data) > len(p) {
-		return 0, errProto(OpRead, "%d bytes for a read of %d", len(data), len(p))
-	}
-	if len(data) > 0 && &data[0] == &p[0] {
-		return len(data), nil
-	}
-	return copy(p, data), nil
+	in := fuse.ReadIn{Fh: h.fh, Offset: uint64(off), Size: uint32(len(p)), Flags: h.flags}
+	n := 0
+	err := u.do(ctx, request{op: OpRead, node: h.node, cred: cred, in: fixed(OpRead, &in), dst: p}, func(data []byte) error {
+		switch {
+		case len(data) > len(p):
+			return errProto(OpRead, "%d bytes for a read of %d", len(data), len(p))
+		case len(data) > 0 && &data[0] == &p[0]:
+			n = len(data) // received in place
+		default:
+			n = copy(p, data)
+		}
+		return nil
+	})
+	return n, err
 }
 
 // NodeReclaim returns count lookups of n to the daemon (FUSE_FORGET, which
@@ -366,12 +299,9 @@ func (u *Usermount) NodeReclaim(ctx context.Context, n *Node, count uint64) erro
 	if count == 0 {
 		return nil
 	}
-	m := u.newMsg(OpForget, n, row(OpForget).In, nil)
-	defer u.destroy(m)
-	putIn(m, &fuse.ForgetIn{Nlookup: count})
 	u.debug(DiagReclaim, "perfuse: forget", "nodeid", n.id, "nlookup", count)
 	// The count is already taken off: the FORGET must go whatever ctx says.
-	return u.xchg(context.WithoutCancel(ctx), n, m, NoReply)
+	return u.do(context.WithoutCancel(ctx), request{op: OpForget, node: n, in: fixed(OpForget, &fuse.ForgetIn{Nlookup: count})}, nil)
 }
 
 // batchForgetMax bounds one BATCH_FORGET so that its frame fits any
@@ -387,28 +317,26 @@ func (u *Usermount) sendForgets(ctx context.Context, fs []forgetOne) error {
 	var errs []error
 	if len(fs) == 1 || u.limits().minor < 16 {
 		for _, f := range fs {
-			m := u.newMsg(OpForget, f.node, row(OpForget).In, nil)
-			m.InHeader().NodeId = f.nodeid
-			putIn(m, &fuse.ForgetIn{Nlookup: f.nlookup})
+			n := f.node
+			if n == nil {
+				n = &Node{id: f.nodeid} // a node the session no longer holds
+			}
 			u.debug(DiagReclaim, "perfuse: forget", "nodeid", f.nodeid, "nlookup", f.nlookup)
-			errs = append(errs, u.xchg(ctx, f.node, m, NoReply))
-			u.destroy(m)
+			errs = append(errs, u.do(ctx, request{op: OpForget, node: n, in: fixed(OpForget, &fuse.ForgetIn{Nlookup: f.nlookup})}, nil))
 		}
 		return errors.Join(errs...)
 	}
 	for len(fs) > 0 {
 		chunk := fs[:min(len(fs), batchForgetMax)]
 		fs = fs[len(chunk):]
-		m := u.newMsg(OpBatchForget, nil, 8+16*len(chunk), nil)
-		b := m.InPayload()
+		b := make([]byte, 8+16*len(chunk))
 		nativeEndian.PutUint32(b, uint32(len(chunk)))
 		for i, f := range chunk {
 			nativeEndian.PutUint64(b[8+16*i:], f.nodeid)
 			nativeEndian.PutUint64(b[16+16*i:], f.nlookup)
 		}
 		u.debug(DiagReclaim, "perfuse: batch forget", "nodes", len(chunk))
-		errs = append(errs, u.xchg(ctx, nil, m, NoReply))
-		u.destroy(m)
+		errs = append(errs, u.do(ctx, request{op: OpBatchForget, in: b}, nil))
 	}
 	return errors.Join(errs...)
 }

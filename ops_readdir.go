@@ -127,27 +127,25 @@ func (u *Usermount) readdirLoop(ctx context.Context, cred *Cred, h *Handle, off 
 	for {
 		seen[*off] = true
 		size := min(u.limits().maxRead, readdirSize)
-		m := u.newMsg(op, h.node, row(op).In, cred)
-		putIn(m, &fuse.ReadIn{Fh: h.fh, Offset: *off, Size: uint32(size), Flags: h.flags})
-		if err := u.xchg(ctx, h.node, m, WaitReply); err != nil {
-			u.destroy(m)
+		in := fuse.ReadIn{Fh: h.fh, Offset: *off, Size: uint32(size), Flags: h.flags}
+		var last uint64
+		var n int
+		var stopped, empty bool
+		err := u.do(ctx, request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}, func(data []byte) (err error) {
+			switch {
+			case len(data) > size:
+				return errProto(op, "%d bytes for a read of %d", len(data), size)
+			case len(data) == 0:
+				empty = true
+				return nil
+			}
+			last, n, stopped, err = each(data)
 			return err
-		}
-		data := m.OutPayload()
-		if len(data) > size {
-			u.destroy(m)
-			return errProto(op, "%d bytes for a read of %d", len(data), size)
-		}
-		if len(data) == 0 {
-			u.destroy(m)
-			return nil
-		}
-		last, n, stopped, err := each(data)
-		u.destroy(m)
+		})
 		switch {
 		case err != nil:
 			return err
-		case stopped:
+		case empty, stopped:
 			return nil
 		case n == 0:
 			return errProto(op, "no entry from offset %d", *off)

@@ -53,19 +53,13 @@ func xattrPermission(cred *Cred, n *Node, name string, write bool) error {
 
 // xattrCall sends an xattr request, turning the daemon's ENOSYS into
 // EOPNOTSUPP, remembered for the session as the kernel does.
-func (u *Usermount) xattrCall(ctx context.Context, n *Node, m *Message, err error) error {
-	if err != nil {
-		return err
+func (u *Usermount) xattrCall(ctx context.Context, r request, fn func([]byte) error) error {
+	err := u.do(ctx, r, fn)
+	if isENOSYS(err) {
+		u.noLonger(r.op)
+		return fmt.Errorf("perfuse: daemon lacks %s: %w", r.op, syscall.EOPNOTSUPP)
 	}
-	op := m.Opcode()
-	if err := u.xchg(ctx, n, m, WaitReply); err != nil {
-		if isENOSYS(err) {
-			u.noLonger(op)
-			return fmt.Errorf("perfuse: daemon lacks %s: %w", op, syscall.EOPNOTSUPP)
-		}
-		return err
-	}
-	return nil
+	return err
 }
 
 func (u *Usermount) xattrLacking(op Opcode) error {
@@ -90,14 +84,13 @@ func (u *Usermount) NodeGetextattr(ctx context.Context, cred *Cred, n *Node, nam
 		return nil, 0, err
 	}
 	in := fuse.GetXAttrIn{Size: min(size, xattrSizeMax)}
-	m, err := u.newReq(OpGetxattr, n, cred, fixed(OpGetxattr, &in), []string{name}, nil)
-	if m != nil {
-		defer u.destroy(m)
-	}
-	if err := u.xattrCall(ctx, n, m, err); err != nil {
-		return nil, 0, err
-	}
-	return xattrReply(OpGetxattr, m.OutPayload(), in.Size)
+	var value []byte
+	var got uint32
+	err := u.xattrCall(ctx, request{op: OpGetxattr, node: n, cred: cred, in: fixed(OpGetxattr, &in), names: []string{name}}, func(b []byte) (err error) {
+		value, got, err = xattrReply(OpGetxattr, b, in.Size)
+		return err
+	})
+	return value, got, err
 }
 
 // xattrReply decodes a GETXATTR or LISTXATTR reply: the size for a probe
@@ -129,14 +122,12 @@ func (u *Usermount) NodeListextattr(ctx context.Context, cred *Cred, n *Node, si
 		return nil, 0, err
 	}
 	in := fuse.GetXAttrIn{Size: min(size, xattrSizeMax)}
-	m, err := u.newReq(OpListxattr, n, cred, fixed(OpListxattr, &in), nil, nil)
-	if m != nil {
-		defer u.destroy(m)
-	}
-	if err := u.xattrCall(ctx, n, m, err); err != nil {
-		return nil, 0, err
-	}
-	list, sz, err := xattrReply(OpListxattr, m.OutPayload(), in.Size)
+	var list []byte
+	var sz uint32
+	err := u.xattrCall(ctx, request{op: OpListxattr, node: n, cred: cred, in: fixed(OpListxattr, &in)}, func(b []byte) (err error) {
+		list, sz, err = xattrReply(OpListxattr, b, in.Size)
+		return err
+	})
 	if err != nil || list == nil {
 		return list, sz, err
 	}
@@ -181,11 +172,7 @@ func (u *Usermount) NodeSetextattr(ctx context.Context, cred *Cred, n *Node, nam
 	}
 	// The 8-byte fuse_setxattr_in: SETXATTR_EXT is not offered.
 	in := fuse.SetXAttrIn{Size: uint32(len(value)), Flags: flags}
-	m, err := u.newReq(OpSetxattr, n, cred, fixed(OpSetxattr, &in), []string{name}, value)
-	if m != nil {
-		defer u.destroy(m)
-	}
-	return u.xattrCall(ctx, n, m, err)
+	return u.xattrCall(ctx, request{op: OpSetxattr, node: n, cred: cred, in: fixed(OpSetxattr, &in), names: []string{name}, tail: value}, nil)
 }
 
 // NodeDeleteextattr removes the extended attribute name of n
@@ -200,9 +187,5 @@ func (u *Usermount) NodeDeleteextattr(ctx context.Context, cred *Cred, n *Node, 
 	if err := u.xattrLacking(OpRemovexattr); err != nil {
 		return err
 	}
-	m, err := u.newReq(OpRemovexattr, n, cred, nil, []string{name}, nil)
-	if m != nil {
-		defer u.destroy(m)
-	}
-	return u.xattrCall(ctx, n, m, err)
+	return u.xattrCall(ctx, request{op: OpRemovexattr, node: n, cred: cred, names: []string{name}}, nil)
 }

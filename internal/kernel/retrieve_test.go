@@ -1,7 +1,9 @@
 package kernel_test
 
 import (
+	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/perfuse-go/perfuse/internal/kernel"
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
+	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,52 +25,10 @@ import (
 // root perfused to 2.8 GB in a second.)
 func TestRelayRetrieveFloodIsBounded(t *testing.T) {
 	kerneltest.NeedMount(t)
-	client, daemon, err := peerutil.SocketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(daemon) })
 	// Serve INIT and the mount's first requests, then stop reading.
-	stop := make(chan struct{})
-	stopped := make(chan struct{})
-	unix.SetNonblock(daemon, true)
-	go func() {
-		defer close(stopped)
-		buf := make([]byte, 1<<20)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, err := unix.Read(daemon, buf)
-			if err == unix.EAGAIN {
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			if err != nil || n < 40 {
-				return
-			}
-			h, _ := peerutil.Decode[fuse.InHeader](buf[:n])
-			var reply []byte
-			switch h.Opcode {
-			case 26: // INIT
-				reply = fakepeer.ReplyFrame(h.Unique, 0, fakepeer.InitOutBytes(fuse.InitOut{
-					Major: 7, Minor: 31, MaxWrite: 1 << 20, MaxReadAhead: 128 << 10, MaxPages: 256, Flags: fuse.CAP_MAX_PAGES,
-				}))
-			case 3: // GETATTR
-				reply = fakepeer.ReplyFrame(h.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o755, Nlink: 2}})
-			case 2, 42: // FORGET, BATCH_FORGET
-				continue
-			default:
-				reply = fakepeer.ReplyFrame(h.Unique, syscall.ENOENT)
-			}
-			unix.Write(daemon, reply)
-		}
-	}()
+	client, daemon, stop := rawDaemon(t, nil)
 	r := kerneltest.Mount(t, client, kernel.Config{})
-	close(stop)
-	<-stopped
+	stop()
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -110,40 +71,15 @@ func TestRelayRetrieveFloodIsBounded(t *testing.T) {
 // ends, and the mount is removed. Nobody is left waiting.
 func TestRelaySplitReplyEndsTheMount(t *testing.T) {
 	kerneltest.NeedMount(t)
-	client, daemon, err := peerutil.SocketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(daemon) })
 	split := make(chan struct{})
-	go func() {
-		buf := make([]byte, 1<<20)
-		for {
-			n, err := unix.Read(daemon, buf)
-			if err != nil || n < 40 {
-				return
-			}
-			h, _ := peerutil.Decode[fuse.InHeader](buf[:n])
-			switch h.Opcode {
-			case 26: // INIT
-				unix.Write(daemon, fakepeer.ReplyFrame(h.Unique, 0, fakepeer.InitOutBytes(fuse.InitOut{
-					Major: 7, Minor: 31, MaxWrite: 1 << 20, MaxReadAhead: 128 << 10, MaxPages: 256, Flags: fuse.CAP_MAX_PAGES,
-				})))
-			case 3: // GETATTR
-				attr := fakepeer.ReplyFrame(h.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o755, Nlink: 2}})
-				select {
-				case <-split:
-					unix.Write(daemon, attr[:50])
-					unix.Write(daemon, attr[50:])
-				default:
-					unix.Write(daemon, attr)
-				}
-			case 2, 42:
-			default:
-				unix.Write(daemon, fakepeer.ReplyFrame(h.Unique, syscall.ENOENT))
-			}
+	client, _, _ := rawDaemon(t, func(attr []byte) [][]byte {
+		select {
+		case <-split:
+			return [][]byte{attr[:50], attr[50:]}
+		default:
+			return [][]byte{attr}
 		}
-	}()
+	})
 	r := kerneltest.Mount(t, client, kernel.Config{})
 	close(split)
 	errc := make(chan error, 1)
@@ -175,4 +111,61 @@ func TestRelaySplitReplyEndsTheMount(t *testing.T) {
 	if kerneltest.Mounted(r.Dir) {
 		t.Error("the mount is still there 10 s after its connection failed")
 	}
+}
+
+// rawDaemon is a minimal daemon on a socket pair for the relay: it answers
+// INIT, GETATTR with a directory's attributes (as records getattr makes
+// of the reply; nil: the reply whole), FORGETs with nothing and the rest
+// with ENOENT. stop makes it stop reading, for good; the daemon end is
+// closed at cleanup.
+func rawDaemon(t *testing.T, getattr func(reply []byte) [][]byte) (client *os.File, daemon int, stop func()) {
+	t.Helper()
+	client, daemon, err := peerutil.SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(daemon) })
+	unix.SetNonblock(daemon, true)
+	quit, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 1<<20)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			n, err := unix.Read(daemon, buf)
+			if err == unix.EAGAIN {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if err != nil || n < wire.InHeaderSize {
+				return
+			}
+			h, _ := peerutil.Decode[fuse.InHeader](buf[:n])
+			var records [][]byte
+			switch wire.Opcode(h.Opcode) {
+			case wire.OpInit:
+				records = [][]byte{fakepeer.ReplyFrame(h.Unique, 0, fakepeer.InitOutBytes(fuse.InitOut{
+					Major: 7, Minor: 31, MaxWrite: 1 << 20, MaxReadAhead: 128 << 10, MaxPages: 256, Flags: fuse.CAP_MAX_PAGES,
+				}))}
+			case wire.OpGetattr:
+				attr := fakepeer.ReplyFrame(h.Unique, 0, fuse.AttrOut{Attr: fuse.Attr{Ino: 1, Mode: syscall.S_IFDIR | 0o755, Nlink: 2}})
+				records = [][]byte{attr}
+				if getattr != nil {
+					records = getattr(attr)
+				}
+			case wire.OpForget, wire.OpBatchForget:
+			default:
+				records = [][]byte{fakepeer.ReplyFrame(h.Unique, syscall.ENOENT)}
+			}
+			for _, r := range records {
+				unix.Write(daemon, r)
+			}
+		}
+	}()
+	var once sync.Once
+	return client, daemon, func() { once.Do(func() { close(quit); <-stopped }) }
 }
