@@ -1,7 +1,6 @@
 package perfuse
 
 import (
-	"context"
 	"log/slog"
 	"os"
 	"strconv"
@@ -172,14 +171,3 @@ func (u *Usermount) SetDiag(d Diag) { u.diag.Store(uint32(d)) }
 
 // Diag returns the session's diagnostic classes.
 func (u *Usermount) Diag() Diag { return Diag(u.diag.Load()) }
-
-// Mounter makes the kernel mount for FsInit: the role puffs_mount plays in
-// perfuse_fs_init. The kernel relay (cmd/perfused) provides one.
-type Mounter interface {
-	// Mount mounts u at its MountInfo's target and starts serving kernel
-	// requests through u's operation table.
-	Mount(ctx context.Context, u *Usermount) error
-}
-
-// WithMounter has FsInit mount the session in the kernel after INIT.
-func WithMounter(m Mounter) Option { return func(c *config) { c.mounter = m } }

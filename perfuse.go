@@ -226,25 +226,10 @@ func (u *Usermount) MountInfo() MountInfo { return u.mi }
 // Root returns the root node (nodeid 1).
 func (u *Usermount) Root() *Node { return u.root }
 
-// FsInit performs the FUSE INIT handshake and then, with WithMounter and a
-// target, the kernel mount. (perfuse_fs_init mounts first; on Linux the
-// kernel's own INIT must see what the daemon negotiated, so INIT comes
-// first.) A mount-free session does INIT only. Errors are returned.
-func (u *Usermount) FsInit(ctx context.Context) error {
-	if err := u.init(ctx); err != nil {
-		return err
-	}
-	if u.conf.mounter != nil && u.mi.Target != "" {
-		// Kernel requests come as soon as the mount exists: the transport
-		// must read in its own goroutine (interrupts, many in flight)
-		// before then, not in the pre-loop mode meant for INIT.
-		u.startLoop()
-		if err := u.conf.mounter.Mount(ctx, u); err != nil {
-			return fmt.Errorf("perfuse: mount %s: %w", u.mi.Target, err)
-		}
-	}
-	return nil
-}
+// FsInit performs the FUSE INIT handshake. (perfuse_fs_init also mounts;
+// on Linux the kernel's own INIT must see what the daemon negotiated, so
+// the relay, cmd/perfused, mounts after FsInit.) Errors are returned.
+func (u *Usermount) FsInit(ctx context.Context) error { return u.init(ctx) }
 
 // Mainloop runs the session until it ends: after Unmount, or when the
 // transport reports the daemon gone through Shutdown. It returns nil after

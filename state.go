@@ -103,7 +103,6 @@ type config struct {
 	noAccess bool
 	noCreat  bool
 	bufSize  int
-	mounter  Mounter
 	// interruptGrace and requestTimeout: see WithInterruptGrace and
 	// WithRequestTimeout.
 	interruptGrace time.Duration

@@ -65,7 +65,7 @@ type daemon struct {
 // mount is one live session.
 type mount struct {
 	u *perfuse.Usermount
-	m *kernel.Mounter
+	m *kernel.Mountpoint
 }
 
 func newDaemon(f *flags) *daemon {
@@ -125,13 +125,12 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 	defer dir.Close()
 	cfg.Logger = d.log
 	cfg.Debug = d.sessionDiag()&perfuse.DiagPuffs != 0
-	m := kernel.NewMounter(cfg)
 	diag := d.sessionDiag()
 	cb, err := perfuse.SocketCallbacks(sock, perfuse.WithLogger(d.log))
 	if err != nil {
 		return refuse(err)
 	}
-	u, err := perfuse.Init(cb, mi, perfuse.WithMounter(m), perfuse.WithLogger(d.log), perfuse.WithDiag(diag))
+	u, err := perfuse.Init(cb, mi, perfuse.WithLogger(d.log), perfuse.WithDiag(diag))
 	if err != nil {
 		cb.Umount(nil)
 		return err
@@ -140,7 +139,12 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 	// Whatever the exchange does with ctx, the socket goes at the end of
 	// the window.
 	watchdog := time.AfterFunc(initWindow+initSlack, func() { cb.Umount(u) })
-	err = u.FsInit(ctx)
+	var m *kernel.Mountpoint
+	mainloop := make(chan error, 1)
+	if err = u.FsInit(ctx); err == nil {
+		go func() { mainloop <- u.Mainloop() }()
+		m, err = kernel.Mount(ctx, u, cfg)
+	}
 	watchdog.Stop()
 	cancel()
 	if err != nil {
@@ -168,10 +172,7 @@ func (d *daemon) serveMount(sock *os.File, mi *perfuse.MountInfo, answer bool, a
 	minor, _, maxWrite, _ := u.Negotiated()
 	d.log.Info("perfused: mounted", "target", mi.Target, "source", mi.Source, "owner", mi.UID)
 	d.log.Debug("perfused: negotiated", "target", mi.Target, "daemon_minor", minor, "max_write", maxWrite)
-	if missing := kernel.Missing(u); len(missing) > 0 {
-		d.log.Debug("perfused: operations this perfuse lacks answer ENOSYS", "ops", strings.Join(missing, ","))
-	}
-	merr := u.Mainloop()
+	merr := <-mainloop
 	<-m.Done()
 	switch err := m.Err(); {
 	case err == nil:

@@ -41,9 +41,8 @@ func runKernelDemo(out io.Writer) (mounted bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	m := kernel.NewMounter(kernel.Config{})
 	u, err := perfuse.Init(cb, &perfuse.MountInfo{Source: "demo", Target: mnt, FSType: "fuse.demo"},
-		perfuse.WithMounter(m), perfuse.WithDiag(perfuse.DiagTrace))
+		perfuse.WithDiag(perfuse.DiagTrace))
 	if err != nil {
 		cb.Umount(nil)
 		return false, err
@@ -55,6 +54,13 @@ func runKernelDemo(out io.Writer) (mounted bool, err error) {
 	}
 	mainErr := make(chan error, 1)
 	go func() { mainErr <- u.Mainloop() }()
+	m, err := kernel.Mount(ctx, u, kernel.Config{})
+	if err != nil {
+		u.Unmount(ctx)
+		<-mainErr
+		<-served
+		return false, err
+	}
 	minor, _, maxWrite, maxRead := u.Negotiated()
 	fmt.Fprintf(out, "perfuse demo (kernel mount): an in-memory go-fuse daemon over a socket, mounted at %s through perfuse (protocol 7.%d, max_write %d, max read %d)\n", mnt, minor, maxWrite, maxRead)
 	if line := kernel.MountLine(mnt); line != "" {

@@ -16,7 +16,7 @@ const fusectl = "/sys/fs/fuse/connections"
 
 // Aborting a connection by its number alone is unsafe: the number is freed
 // when the mount's superblock goes and is reused by the next FUSE mount, so
-// a number read or written late names someone else's mount. The Mounter
+// a number read or written late names someone else's mount. The Mountpoint
 // instead opens its connection's fusectl directory once, right after the
 // mount and checked against it (openCtl), and keeps that descriptor. The
 // kernel removes the directory with the connection, and a new connection
@@ -27,7 +27,7 @@ const fusectl = "/sys/fs/fuse/connections"
 // openCtl opens the fusectl directory of connection conn, and keeps it only
 // if conn is still the connection mounted at target afterwards (so it cannot
 // be a connection that replaced ours in between). It returns -1 if not.
-func (m *Mounter) openCtl(conn uint32, target string) int {
+func (m *Mountpoint) openCtl(conn uint32, target string) int {
 	if conn == 0 {
 		return -1
 	}
@@ -51,7 +51,7 @@ func (m *Mounter) openCtl(conn uint32, target string) int {
 }
 
 // ctlFile opens name in the connection's own fusectl directory.
-func (m *Mounter) ctlFile(name string, flags int) (int, error) {
+func (m *Mountpoint) ctlFile(name string, flags int) (int, error) {
 	m.ctlMu.Lock()
 	defer m.ctlMu.Unlock()
 	if m.ctlFd < 0 {
@@ -63,7 +63,7 @@ func (m *Mounter) ctlFile(name string, flags int) (int, error) {
 // abortOwn aborts this mount's kernel connection, if it still exists:
 // every request waiting on it fails with ENOTCONN at once. It reports
 // whether the abort was written.
-func (m *Mounter) abortOwn() bool {
+func (m *Mountpoint) abortOwn() bool {
 	fd, err := m.ctlFile("abort", unix.O_WRONLY)
 	if err != nil {
 		return false
@@ -78,7 +78,7 @@ func (m *Mounter) abortOwn() bool {
 
 // connAlive reports whether this mount's connection still has its fusectl
 // entry, i.e. the superblock still exists.
-func (m *Mounter) connAlive() bool {
+func (m *Mountpoint) connAlive() bool {
 	fd, err := m.ctlFile("waiting", unix.O_RDONLY)
 	if err != nil {
 		return false
@@ -89,7 +89,7 @@ func (m *Mounter) connAlive() bool {
 
 // aliveAfter waits up to d for the connection to go, as it does just after
 // a clean unmount, and reports whether it is still there.
-func (m *Mounter) aliveAfter(d time.Duration) bool {
+func (m *Mountpoint) aliveAfter(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for m.connAlive() {
 		if time.Now().After(deadline) {
@@ -100,7 +100,7 @@ func (m *Mounter) aliveAfter(d time.Duration) bool {
 	return false
 }
 
-func (m *Mounter) closeCtl() {
+func (m *Mountpoint) closeCtl() {
 	m.ctlMu.Lock()
 	defer m.ctlMu.Unlock()
 	if m.ctlFd >= 0 {

@@ -43,7 +43,7 @@ func TestForeignAbortRemovesMount(t *testing.T) {
 		t.Error("the dead mount was left after a foreign abort")
 	}
 	if err := r.M.Err(); !errors.Is(err, syscall.ECONNABORTED) {
-		t.Errorf("Mounter.Err() = %v, want ECONNABORTED (not a clean unmount)", err)
+		t.Errorf("Mountpoint.Err() = %v, want ECONNABORTED (not a clean unmount)", err)
 	}
 }
 

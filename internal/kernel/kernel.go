@@ -1,6 +1,7 @@
 // Package kernel is perfuse's kernel binding on Linux: a go-fuse
 // RawFileSystem that answers the kernel's FUSE requests by calling the
-// operation table of a *perfuse.Usermount, and a Mounter that mounts it.
+// operation table of a *perfuse.Usermount, and Mount, which mounts a
+// session past INIT with it.
 //
 // On NetBSD, perfused sits between puffs and the FUSE daemon; on Linux the
 // kernel speaks FUSE itself, go-fuse plays libpuffs' part, and this package
@@ -34,7 +35,6 @@ const fopenPassthrough = 1 << 7
 type FS struct {
 	fuse.RawFileSystem // default answers for what is not mapped
 	u                  *perfuse.Usermount
-	ops                opTable
 	log                *slog.Logger
 
 	srvMu sync.Mutex
@@ -49,16 +49,15 @@ type FS struct {
 	warn             *ratelog.Logger
 }
 
-// New returns the binding for u. Daemon notifications are relayed to the
-// kernel once the server has started (New registers the handler).
-func New(u *perfuse.Usermount, log *slog.Logger) *FS {
+// newFS returns the binding for u. Daemon notifications are relayed to the
+// kernel once the server has started (newFS registers the handler).
+func newFS(u *perfuse.Usermount, log *slog.Logger) *FS {
 	if log == nil {
 		log = slog.Default()
 	}
 	k := &FS{
 		RawFileSystem: fuse.NewDefaultRawFileSystem(),
 		u:             u,
-		ops:           findOps(u),
 		log:           log,
 		handles:       make(map[uint64]*perfuse.Handle),
 		retrieves:     make(chan struct{}, retrievesInFlight),
@@ -289,16 +288,13 @@ func dirStatus(entries int, err error) fuse.Status {
 // those of the rest of that reply) back to the daemon: the kernel counts
 // exactly the entries it receives.
 func (k *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if k.ops.readdirplus == nil {
-		return fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
 	n := 0
-	err := k.ops.readdirplus.NodeReaddirplus(ctx, cred, h, in.Offset, func(d perfuse.DirentPlus) bool {
+	err := k.u.NodeReaddirplus(ctx, cred, h, in.Offset, func(d perfuse.DirentPlus) bool {
 		e := out.AddDirLookupEntry(fuse.DirEntry{Name: d.Name, Ino: d.Ino, Off: d.Off, Mode: d.Type << 12})
 		if e == nil {
 			return false
@@ -330,15 +326,12 @@ func entryReply(e *perfuse.Entry, err error, out *fuse.EntryOut) fuse.Status {
 }
 
 func (k *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	if k.ops.create == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	e, h, err := k.ops.create.NodeCreate(ctx, cred, dir, name, int(in.Flags), in.Mode, in.Umask)
+	e, h, err := k.u.NodeCreate(ctx, cred, dir, name, int(in.Flags), in.Mode, in.Umask)
 	if err != nil {
 		return status(err)
 	}
@@ -348,48 +341,36 @@ func (k *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out 
 }
 
 func (k *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	if k.ops.mknod == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	e, err := k.ops.mknod.NodeMknod(ctx, cred, dir, name, in.Mode, in.Rdev, in.Umask)
+	e, err := k.u.NodeMknod(ctx, cred, dir, name, in.Mode, in.Rdev, in.Umask)
 	return entryReply(e, err, out)
 }
 
 func (k *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	if k.ops.mkdir == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	e, err := k.ops.mkdir.NodeMkdir(ctx, cred, dir, name, in.Mode, in.Umask)
+	e, err := k.u.NodeMkdir(ctx, cred, dir, name, in.Mode, in.Umask)
 	return entryReply(e, err, out)
 }
 
 func (k *FS) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	if k.ops.symlink == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, h)
-	e, err := k.ops.symlink.NodeSymlink(ctx, cred, dir, name, target)
+	e, err := k.u.NodeSymlink(ctx, cred, dir, name, target)
 	return entryReply(e, err, out)
 }
 
 func (k *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	if k.ops.link == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
@@ -399,38 +380,29 @@ func (k *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fus
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	e, err := k.ops.link.NodeLink(ctx, cred, n, dir, name)
+	e, err := k.u.NodeLink(ctx, cred, n, dir, name)
 	return entryReply(e, err, out)
 }
 
 func (k *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	if k.ops.remove == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, h)
-	return status(k.ops.remove.NodeRemove(ctx, cred, dir, name))
+	return status(k.u.NodeRemove(ctx, cred, dir, name))
 }
 
 func (k *FS) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	if k.ops.rmdir == nil {
-		return fuse.ENOSYS
-	}
 	dir, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, h)
-	return status(k.ops.rmdir.NodeRmdir(ctx, cred, dir, name))
+	return status(k.u.NodeRmdir(ctx, cred, dir, name))
 }
 
 func (k *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	if k.ops.rename == nil {
-		return fuse.ENOSYS
-	}
 	olddir, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
@@ -440,19 +412,16 @@ func (k *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName 
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.rename.NodeRename(ctx, cred, olddir, oldName, newdir, newName, in.Flags))
+	return status(k.u.NodeRename(ctx, cred, olddir, oldName, newdir, newName, in.Flags))
 }
 
 func (k *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
-	if k.ops.readlink == nil {
-		return nil, fuse.ENOSYS
-	}
 	n, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return nil, st
 	}
 	ctx, cred := request(cancel, h)
-	s, err := k.ops.readlink.NodeReadlink(ctx, cred, n)
+	s, err := k.u.NodeReadlink(ctx, cred, n)
 	if err != nil {
 		return nil, status(err)
 	}
@@ -460,9 +429,6 @@ func (k *FS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.St
 }
 
 func (k *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if k.ops.setattr == nil {
-		return fuse.ENOSYS
-	}
 	n, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
@@ -479,7 +445,7 @@ func (k *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrO
 		}
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	a, err := k.ops.setattr.NodeSetattr(ctx, cred, n, h, &req)
+	a, err := k.u.NodeSetattr(ctx, cred, n, h, &req)
 	if err != nil {
 		return status(err)
 	}
@@ -488,27 +454,21 @@ func (k *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrO
 }
 
 func (k *FS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
-	if k.ops.access == nil {
-		return fuse.ENOSYS
-	}
 	n, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.access.NodeAccess(ctx, cred, n, in.Mask))
+	return status(k.u.NodeAccess(ctx, cred, n, in.Mask))
 }
 
 func (k *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	if k.ops.write == nil {
-		return 0, fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return 0, st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	n, err := k.ops.write.NodeWrite(ctx, cred, h, data, int64(in.Offset), in.WriteFlags, in.LockOwner)
+	n, err := k.u.NodeWrite(ctx, cred, h, data, int64(in.Offset), in.WriteFlags, in.LockOwner)
 	if err != nil && n == 0 {
 		return 0, status(err)
 	}
@@ -516,27 +476,21 @@ func (k *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint3
 }
 
 func (k *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	if k.ops.flush == nil {
-		return fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.flush.NodeFlush(ctx, cred, h, in.LockOwner))
+	return status(k.u.NodeFlush(ctx, cred, h, in.LockOwner))
 }
 
 func (k *FS) fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if k.ops.fsync == nil {
-		return fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.fsync.NodeFsync(ctx, cred, h, in.FsyncFlags&1 != 0))
+	return status(k.u.NodeFsync(ctx, cred, h, in.FsyncFlags&1 != 0))
 }
 
 func (k *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return k.fsync(cancel, in) }
@@ -545,27 +499,21 @@ func (k *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
 }
 
 func (k *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	if k.ops.fallocate == nil {
-		return fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.fallocate.NodeFallocate(ctx, cred, h, in.Mode, in.Offset, in.Length))
+	return status(k.u.NodeFallocate(ctx, cred, h, in.Mode, in.Offset, in.Length))
 }
 
 func (k *FS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	if k.ops.lseek == nil {
-		return fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	off, err := k.ops.lseek.NodeLseek(ctx, cred, h, int64(in.Offset), in.Whence)
+	off, err := k.u.NodeLseek(ctx, cred, h, int64(in.Offset), in.Whence)
 	if err != nil {
 		return status(err)
 	}
@@ -574,9 +522,6 @@ func (k *FS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut)
 }
 
 func (k *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	if k.ops.copyRange == nil {
-		return 0, fuse.ENOSYS
-	}
 	hin, st := k.handle(in.FhIn)
 	if !st.Ok() {
 		return 0, st
@@ -586,7 +531,7 @@ func (k *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (ui
 		return 0, st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	n, err := k.ops.copyRange.NodeCopyFileRange(ctx, cred, hin, in.OffIn, hout, in.OffOut, in.Len, in.Flags)
+	n, err := k.u.NodeCopyFileRange(ctx, cred, hin, in.OffIn, hout, in.OffOut, in.Len, in.Flags)
 	if err != nil {
 		return 0, status(err)
 	}
@@ -594,15 +539,12 @@ func (k *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (ui
 }
 
 func (k *FS) lock(cancel <-chan struct{}, op perfuse.Opcode, in *fuse.LkIn) (fuse.FileLock, fuse.Status) {
-	if k.ops.advlock == nil {
-		return fuse.FileLock{}, fuse.ENOSYS
-	}
 	h, st := k.handle(in.Fh)
 	if !st.Ok() {
 		return fuse.FileLock{}, st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	lk, err := k.ops.advlock.NodeAdvlock(ctx, cred, h, op, in.Owner, in.Lk, in.LkFlags)
+	lk, err := k.u.NodeAdvlock(ctx, cred, h, op, in.Owner, in.Lk, in.LkFlags)
 	return lk, status(err)
 }
 
@@ -646,51 +588,39 @@ func xattrReply(b []byte, need uint32, err error, dest []byte) (uint32, fuse.Sta
 }
 
 func (k *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	if k.ops.getxattr == nil {
-		return 0, fuse.ENOSYS
-	}
 	n, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return 0, st
 	}
 	ctx, cred := request(cancel, h)
-	b, need, err := k.ops.getxattr.NodeGetextattr(ctx, cred, n, attr, uint32(len(dest)))
+	b, need, err := k.u.NodeGetextattr(ctx, cred, n, attr, uint32(len(dest)))
 	return xattrReply(b, need, err, dest)
 }
 
 func (k *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	if k.ops.listxattr == nil {
-		return 0, fuse.ENOSYS
-	}
 	n, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return 0, st
 	}
 	ctx, cred := request(cancel, h)
-	b, need, err := k.ops.listxattr.NodeListextattr(ctx, cred, n, uint32(len(dest)))
+	b, need, err := k.u.NodeListextattr(ctx, cred, n, uint32(len(dest)))
 	return xattrReply(b, need, err, dest)
 }
 
 func (k *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	if k.ops.setxattr == nil {
-		return fuse.ENOSYS
-	}
 	n, st := k.node(in.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	return status(k.ops.setxattr.NodeSetextattr(ctx, cred, n, attr, data, in.Flags))
+	return status(k.u.NodeSetextattr(ctx, cred, n, attr, data, in.Flags))
 }
 
 func (k *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	if k.ops.removexattr == nil {
-		return fuse.ENOSYS
-	}
 	n, st := k.node(h.NodeId)
 	if !st.Ok() {
 		return st
 	}
 	ctx, cred := request(cancel, h)
-	return status(k.ops.removexattr.NodeDeleteextattr(ctx, cred, n, attr))
+	return status(k.u.NodeDeleteextattr(ctx, cred, n, attr))
 }

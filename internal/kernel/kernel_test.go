@@ -1,12 +1,16 @@
 package kernel_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/daemonpeer"
 	"github.com/perfuse-go/perfuse/internal/gofusepeer"
 	"github.com/perfuse-go/perfuse/internal/kernel"
@@ -76,4 +80,31 @@ func run(t testing.TB, argv ...string) string {
 		t.Fatalf("%q: %v\n%s", argv, err, out)
 	}
 	return string(out)
+}
+
+// Mount takes a session that has done INIT and has a target; any other is
+// refused with EINVAL before anything is mounted or sent.
+func TestMountNeedsInitAndTarget(t *testing.T) {
+	sent := 0
+	cb := &perfuse.Callbacks{XchgMsg: func(context.Context, *perfuse.Usermount, *perfuse.Message, perfuse.Wait) error {
+		sent++
+		return syscall.ENOTCONN
+	}}
+	dir := t.TempDir()
+	for _, mi := range []*perfuse.MountInfo{{Target: dir}, {}} {
+		u, err := perfuse.Init(cb, mi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := kernel.Mount(context.Background(), u, kernel.Config{})
+		if !errors.Is(err, syscall.EINVAL) || m != nil {
+			t.Errorf("Mount(target %q, no INIT) = %v, %v; want nil, EINVAL", mi.Target, m, err)
+		}
+	}
+	if sent != 0 {
+		t.Errorf("%d frames sent; want none", sent)
+	}
+	if kerneltest.Mounted(dir) {
+		t.Errorf("%s mounted", dir)
+	}
 }

@@ -105,7 +105,7 @@ func TestRelayDaemonKilledDuringWorkload(t *testing.T) {
 		t.Error("still mounted after the daemon died")
 	}
 	if err := r.M.Err(); !errors.Is(err, syscall.ENOTCONN) {
-		t.Errorf("Mounter.Err() = %v, want ENOTCONN (daemon gone)", err)
+		t.Errorf("Mountpoint.Err() = %v, want ENOTCONN (daemon gone)", err)
 	}
 	if err := <-r.MainErr; err == nil {
 		t.Error("Mainloop returned nil after the daemon died")

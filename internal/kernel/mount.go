@@ -67,19 +67,16 @@ type Config struct {
 	Debug bool
 }
 
-// Mounter implements perfuse.Mounter: FsInit calls Mount after the
-// daemon's INIT. One Mounter mounts one session.
+// Mountpoint is a session mounted in the kernel, as Mount returns it.
 //
-// Life cycle: a kernel unmount (umount(8), Unmount) ends Serve, and the
-// session is then unmounted (FUSE_DESTROY). A daemon that exits or dies
-// ends the session first, and the kernel mount is then removed (lazily if
-// busy) and its connection aborted, so that processes using it get ENOTCONN
-// instead of hanging.
-type Mounter struct {
+// It pairs the two ends, so that neither outlives the other: a kernel
+// unmount (umount(8), Unmount) ends the session (u.Unmount, which sends
+// FUSE_DESTROY); a daemon that exits or dies ends the session first, and
+// the kernel mount is then removed (lazily if busy) and its connection
+// aborted, so that processes using it get ENOTCONN instead of hanging.
+// Done says when both have ended.
+type Mountpoint struct {
 	Config
-
-	mu         sync.Mutex
-	srv        *fuse.Server
 	fs         *FS
 	u          *perfuse.Usermount
 	target     string
@@ -92,31 +89,36 @@ type Mounter struct {
 	forced     atomic.Bool
 	served     chan struct{}
 	done       chan struct{}
+	mu         sync.Mutex // guards why
 	why        error
 }
 
-// NewMounter returns a Mounter with cfg.
-func NewMounter(cfg Config) *Mounter {
+// Mount mounts u at its MountInfo's target, mount(2) as root, fusermount3
+// otherwise, and serves the kernel's requests through u's operation
+// table. u must have done INIT (perfuse.Attach, or perfuse.Init and
+// FsInit), since the kernel's own INIT is answered with what the daemon
+// negotiated, and its transport must be reading replies, Mainloop started
+// (Attach starts it). Mount returns once the kernel has answered INIT and
+// the mount is ready; a ctx already done refuses the mount.
+func Mount(ctx context.Context, u *perfuse.Usermount, cfg Config) (*Mountpoint, error) {
+	mi := u.MountInfo()
+	if mi.Target == "" {
+		return nil, fmt.Errorf("kernel: no mount target: %w", syscall.EINVAL)
+	}
+	if minor, _, _, _ := u.Negotiated(); minor == 0 {
+		return nil, fmt.Errorf("kernel: mount %s: session has not done INIT: %w", mi.Target, syscall.EINVAL)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Mounter{Config: cfg, done: make(chan struct{}), dirFd: -1, ctlFd: -1}
-}
-
-var _ perfuse.Mounter = (*Mounter)(nil)
-
-// Mount mounts u at its MountInfo's target: mount(2) as root, fusermount3
-// otherwise. It returns once the kernel has answered INIT and the mount is
-// ready.
-func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
-	mi := u.MountInfo()
-	if mi.Target == "" {
-		return fmt.Errorf("kernel: no mount target: %w", syscall.EINVAL)
-	}
-	k := New(u, m.Logger)
+	m := &Mountpoint{Config: cfg, u: u, target: mi.Target, done: make(chan struct{}), served: make(chan struct{}), dirFd: -1, ctlFd: -1}
+	m.fs = newFS(u, m.Logger)
 	// The kernel gives every write its offset, O_APPEND's included.
 	u.SetKernelWrites(true)
-	opts := m.mountOptions(u, k)
+	opts := m.mountOptions(u)
 	path := mi.Target
 	direct := os.Geteuid() == 0
 	if direct && m.Dir != nil {
@@ -126,23 +128,18 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 	if !direct {
 		opts.Options = append(opts.Options, fusermountFlags(opts.DirectMountFlags)...)
 	}
-	srv, err := fuse.NewServer(k, path, opts)
+	srv, err := fuse.NewServer(m.fs, path, opts)
 	if err != nil {
-		return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
+		return nil, fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
 	}
+	m.fusermount = !direct
 	if direct && m.Dir != nil {
 		// Our own descriptor of the checked directory, whatever the caller
 		// does with Dir: unmounting goes through it.
 		if fd, err := unix.FcntlInt(m.Dir.Fd(), unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			m.dirMu.Lock()
 			m.dirFd = fd
-			m.dirMu.Unlock()
 		}
 	}
-	m.mu.Lock()
-	m.srv, m.fs, m.u, m.target, m.fusermount = srv, k, u, mi.Target, !direct
-	m.served = make(chan struct{})
-	m.mu.Unlock()
 	go func() {
 		srv.Serve()
 		close(m.served)
@@ -156,21 +153,19 @@ func (m *Mounter) Mount(ctx context.Context, u *perfuse.Usermount) error {
 	if path == mi.Target {
 		if err := srv.WaitMount(); err != nil {
 			m.unmount(true)
-			return fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
+			m.closeDir()
+			return nil, fmt.Errorf("kernel: mount %s: %w", mi.Target, err)
 		}
 	}
 	m.conn = m.connection(mi.Target)
-	fd := m.openCtl(m.conn, mi.Target)
-	m.ctlMu.Lock()
-	m.ctlFd = fd
-	m.ctlMu.Unlock()
+	m.ctlFd = m.openCtl(m.conn, mi.Target)
 	go m.watch()
-	return nil
+	return m, nil
 }
 
 // mountOptions builds go-fuse's options from the Config and what INIT
 // negotiated with the daemon.
-func (m *Mounter) mountOptions(u *perfuse.Usermount, k *FS) *fuse.MountOptions {
+func (m *Mountpoint) mountOptions(u *perfuse.Usermount) *fuse.MountOptions {
 	mi := u.MountInfo()
 	_, flags, maxWrite, maxRead := u.Negotiated()
 	if m.MaxRead > 0 {
@@ -200,14 +195,12 @@ func (m *Mounter) mountOptions(u *perfuse.Usermount, k *FS) *fuse.MountOptions {
 		Logger:        log.New(logWriter{m.Logger}, "go-fuse: ", 0),
 		// Entries are relayed with the daemon's lookups counted: only a
 		// daemon that does READDIRPLUS gets it from the kernel.
-		DisableReadDirPlus: k.ops.readdirplus == nil || flags&fuse.CAP_READDIRPLUS == 0,
+		DisableReadDirPlus: flags&fuse.CAP_READDIRPLUS == 0,
 		DirectMountFlags:   m.mountFlags(mi),
 	}
 	// Locks go to the daemon only if it took them in INIT (POSIX, flock
 	// each on its own); otherwise the kernel keeps them locally.
-	if k.ops.advlock != nil {
-		opts.ExtraCapabilities |= flags & (fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS)
-	}
+	opts.ExtraCapabilities |= flags & (fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS)
 	if m.DefaultPermissions {
 		opts.Options = append(opts.Options, "default_permissions")
 	}
@@ -227,7 +220,7 @@ const passFlags = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEX
 // mountFlags: the frame's flags (perfuse.Init has already forced
 // nosuid,nodev for a non-root owner), the Config's, and nosuid,nodev
 // unless a root owner asked for suid or dev.
-func (m *Mounter) mountFlags(mi perfuse.MountInfo) uintptr {
+func (m *Mountpoint) mountFlags(mi perfuse.MountInfo) uintptr {
 	f := uintptr(mi.Flags) & passFlags
 	if mi.UID != 0 || !m.Suid {
 		f |= unix.MS_NOSUID
@@ -265,7 +258,7 @@ func fusermountFlags(f uintptr) []string {
 }
 
 // watch ends whichever side outlives the other.
-func (m *Mounter) watch() {
+func (m *Mountpoint) watch() {
 	select {
 	case <-m.served:
 		// The kernel connection ended: unmounted, or aborted. After an
@@ -304,17 +297,21 @@ func (m *Mounter) watch() {
 			m.Logger.Warn("perfuse: kernel connection still serving 10s after the daemon left", "target", m.target)
 		}
 	}
-	m.dirMu.Lock()
-	if m.dirFd >= 0 {
-		unix.Close(m.dirFd)
-		m.dirFd = -1
-	}
-	m.dirMu.Unlock()
+	m.closeDir()
 	m.closeCtl()
 	close(m.done)
 }
 
-func (m *Mounter) setWhy(err error) {
+func (m *Mountpoint) closeDir() {
+	m.dirMu.Lock()
+	defer m.dirMu.Unlock()
+	if m.dirFd >= 0 {
+		unix.Close(m.dirFd)
+		m.dirFd = -1
+	}
+}
+
+func (m *Mountpoint) setWhy(err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.why == nil {
@@ -323,40 +320,26 @@ func (m *Mounter) setWhy(err error) {
 }
 
 // Done is closed once both the kernel mount and the session have ended.
-func (m *Mounter) Done() <-chan struct{} { return m.done }
+func (m *Mountpoint) Done() <-chan struct{} { return m.done }
 
 // Err says why the mount ended: nil after an unmount, an error wrapping
 // ENOTCONN when the daemon left first.
-func (m *Mounter) Err() error {
+func (m *Mountpoint) Err() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.why
 }
 
-// FS returns the binding, nil before Mount.
-func (m *Mounter) FS() *FS {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.fs
-}
+// FS returns the binding.
+func (m *Mountpoint) FS() *FS { return m.fs }
 
-// Target returns the mountpoint, "" before Mount.
-func (m *Mounter) Target() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.target
-}
+// Target returns the mountpoint.
+func (m *Mountpoint) Target() string { return m.target }
 
 // Unmount removes the kernel mount (lazily if it is busy) and waits for
 // the session to end. It is safe to call more than once, and after the
 // daemon has left.
-func (m *Mounter) Unmount(ctx context.Context) error {
-	m.mu.Lock()
-	started := m.srv != nil
-	m.mu.Unlock()
-	if !started {
-		return nil
-	}
+func (m *Mountpoint) Unmount(ctx context.Context) error {
 	m.setWhy(nil)
 	err := m.unmount(false)
 	select {
@@ -373,13 +356,7 @@ func (m *Mounter) Unmount(ctx context.Context) error {
 // wraps ECONNABORTED. The session ends without waiting for the daemon's
 // answer to DESTROY. It is safe to call more than once, and after the
 // mount has ended.
-func (m *Mounter) Abort() {
-	m.mu.Lock()
-	started := m.srv != nil
-	m.mu.Unlock()
-	if !started {
-		return
-	}
+func (m *Mountpoint) Abort() {
 	m.forced.Store(true)
 	m.setWhy(fmt.Errorf("kernel FUSE connection of %s aborted: requests were stuck: %w", m.Target(), syscall.ECONNABORTED))
 	if !m.abortOwn() {
@@ -389,24 +366,16 @@ func (m *Mounter) Abort() {
 	// The relay's own exchanges with the daemon are stuck too, and the
 	// kernel connection ends only once they return: the session goes now,
 	// with no DESTROY awaited, which fails them.
-	m.mu.Lock()
-	u := m.u
-	m.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	u.Unmount(ctx)
+	m.u.Unmount(ctx)
 }
 
 // unmount removes the kernel mount: a plain unmount first, a lazy one if
 // that fails (busy), unless lazy is set, which goes straight to it.
-func (m *Mounter) unmount(lazy bool) error {
-	m.mu.Lock()
-	target, fm := m.target, m.fusermount
-	m.mu.Unlock()
-	if target == "" {
-		return nil
-	}
-	if fm {
+func (m *Mountpoint) unmount(lazy bool) error {
+	target := m.target
+	if m.fusermount {
 		return fusermountUnmount(target, lazy)
 	}
 	// As root, never by path: the owner may have swapped a directory on
@@ -481,7 +450,7 @@ func readahead(daemon uint32, maxRead int) int {
 // directory's descriptor the mountpoint's path comes from the same dentry
 // as /proc/self/mountinfo's, so a path swapped meanwhile cannot name
 // another mount; without it (fusermount mounts) the path is stat'ed.
-func (m *Mounter) connection(target string) uint32 {
+func (m *Mountpoint) connection(target string) uint32 {
 	m.dirMu.Lock()
 	defer m.dirMu.Unlock()
 	if m.dirFd < 0 {

@@ -78,16 +78,13 @@ func (k *FS) retrieve(n *perfuse.Notification) {
 	if !st.Ok() {
 		got = 0
 	}
-	if k.ops.notifyReply == nil {
-		return
-	}
 	node := k.u.NodeByID(n.Nodeid)
 	if node == nil {
 		node = k.u.Root()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), retrieveTimeout)
 	defer cancel()
-	if err := k.ops.notifyReply.NotifyReply(ctx, n.NotifyUnique, node, uint64(n.Off), buf[:got]); err != nil {
+	if err := k.u.NotifyReply(ctx, n.NotifyUnique, node, uint64(n.Off), buf[:got]); err != nil {
 		k.log.Debug("perfuse: NOTIFY_REPLY", "err", err)
 	}
 }

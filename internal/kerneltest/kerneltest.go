@@ -40,7 +40,7 @@ func NeedMount(t testing.TB) {
 type Relay struct {
 	Dir     string
 	U       *perfuse.Usermount
-	M       *kernel.Mounter
+	M       *kernel.Mountpoint
 	MainErr chan error // Mainloop's result
 }
 
@@ -54,36 +54,34 @@ func Mount(t testing.TB, client *os.File, cfg kernel.Config, opts ...perfuse.Opt
 	return MountAt(t, client, dir, cfg, opts...)
 }
 
-// MountAt is Mount at dir.
+// MountAt is Mount at dir: the session's INIT (perfuse.Attach), then the
+// kernel mount (kernel.Mount).
 func MountAt(t testing.TB, client *os.File, dir string, cfg kernel.Config, opts ...perfuse.Option) *Relay {
 	t.Helper()
-	cb, err := perfuse.SocketCallbacks(client)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u, err := perfuse.Attach(ctx, client, &perfuse.MountInfo{Source: "perfuse-test", Target: dir, FSType: "fuse.test"},
+		append([]perfuse.Option{perfuse.WithDiag(perfuse.DiagTrace)}, opts...)...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Attach: %v", err)
 	}
-	m := kernel.NewMounter(cfg)
-	u, err := perfuse.Init(cb, &perfuse.MountInfo{Source: "perfuse-test", Target: dir, FSType: "fuse.test"},
-		append([]perfuse.Option{perfuse.WithMounter(m), perfuse.WithDiag(perfuse.DiagTrace)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Relay{Dir: dir, U: u, M: m, MainErr: make(chan error, 1)}
+	r := &Relay{Dir: dir, U: u, MainErr: make(chan error, 1)}
 	t.Cleanup(func() {
 		unix.Unmount(dir, unix.MNT_DETACH)
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		if err := m.Unmount(ctx); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
+		if r.M != nil {
+			if err := r.M.Unmount(ctx); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
 		}
-		// A session that never mounted has no watcher: end it here.
+		// A session that never mounted has no Mountpoint: end it here.
 		u.Unmount(ctx)
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := u.FsInit(ctx); err != nil {
-		t.Fatalf("FsInit: %v", err)
-	}
 	go func() { r.MainErr <- u.Mainloop() }()
+	if r.M, err = kernel.Mount(ctx, u, cfg); err != nil {
+		t.Fatalf("kernel.Mount: %v", err)
+	}
 	return r
 }
 
