@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"sync"
 	"syscall"
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse/internal/bufpool"
 	"github.com/perfuse-go/perfuse/internal/wire"
 )
 
@@ -120,6 +122,32 @@ func NewMessage(op Opcode, payloadLen int) *Message {
 	h.Length = uint32(len(b))
 	h.Opcode = uint32(op)
 	return m
+}
+
+// messages are the Messages of the socket transport, reused with their
+// frames' buffers (internal/bufpool).
+var messages = sync.Pool{New: func() any { return new(Message) }}
+
+// newPooledMessage is NewMessage from the pools: the socket transport's
+// NewMsg. Pool buffers come from make([]byte) of at least 64 bytes, which
+// is 8-byte aligned, so the header can be viewed in place.
+func newPooledMessage(op Opcode, payloadLen int) *Message {
+	m := messages.Get().(*Message)
+	m.in = bufpool.Get(inHeaderSize + max(payloadLen, 0))
+	clear(m.in)
+	h := m.InHeader()
+	h.Length = uint32(len(m.in))
+	h.Opcode = uint32(op)
+	return m
+}
+
+// releaseMessage gives m and its frames back to the pools: the socket
+// transport's DestroyMsg. Nothing of m may be used after.
+func releaseMessage(m *Message) {
+	bufpool.Put(m.in)
+	bufpool.Put(m.out)
+	*m = Message{}
+	messages.Put(m)
 }
 
 // Request returns the request frame as sent on the wire.

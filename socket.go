@@ -41,6 +41,8 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 		return nil, err
 	}
 	cb.MaxFrame = conn.MaxFrame()
+	cb.NewMsg = func(_ *Usermount, op Opcode, n int) *Message { return newPooledMessage(op, n) }
+	cb.DestroyMsg = releaseMessage
 	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
 		if wait == NoReply {
 			return conn.Send(ctx, m.Request())

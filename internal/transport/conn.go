@@ -24,7 +24,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
+	"github.com/perfuse-go/perfuse/internal/bufpool"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
@@ -110,8 +112,17 @@ type waiter struct {
 // context) is held by the one sender waiting for room in a full socket,
 // which owns the file's write deadline meanwhile.
 type Conn struct {
-	f       *os.File
-	rc      syscall.RawConn
+	f  *os.File
+	rc syscall.RawConn
+	fd int // f's descriptor, for the non-blocking syscalls made without rc
+	// closeMu is held shared across each such syscall and exclusively to
+	// close f, so that none of them reaches a reused descriptor.
+	closeMu sync.RWMutex
+	closed  bool
+	// rd is the reader goroutine's own state, and recv its receive step,
+	// made once.
+	rd      readState
+	recv    func(fd uintptr) bool
 	log     *slog.Logger
 	unsol   func(frame []byte)
 	unsolQ  chan []byte // drained by its own goroutine: handlers may call back in
@@ -184,6 +195,7 @@ func New(f *os.File, opts Options) (*Conn, error) {
 	c := &Conn{
 		f:       nf,
 		rc:      rc,
+		fd:      fd,
 		log:     log,
 		unsol:   opts.Unsolicited,
 		grace:   grace,
@@ -195,6 +207,7 @@ func New(f *os.File, opts Options) (*Conn, error) {
 		unsolQ:  make(chan []byte, unsolQueue),
 		warn:    ratelog.New(log, time.Second),
 	}
+	c.recv = c.recvStep
 	go c.unsolicitedLoop()
 	go c.readLoop()
 	return c, nil
@@ -276,15 +289,18 @@ func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
 		return result{err: ctxError(ctx, "not sent")}
 	}
 	unique := wire.Unique(frame)
-	w := &waiter{ch: make(chan result, 1), dst: dst}
+	w := waiters.Get().(*waiter)
+	w.dst = dst
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
+		putWaiter(w)
 		return result{err: err}
 	}
 	if _, dup := c.pending[unique]; dup {
 		c.mu.Unlock()
+		putWaiter(w)
 		return result{err: fmt.Errorf("transport: unique %d already in flight: %w", unique, syscall.EINVAL)}
 	}
 	c.pending[unique] = w
@@ -294,11 +310,14 @@ func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
 	c.mu.Unlock()
 
 	if err := c.write(ctx, frame); err != nil {
-		c.forget(unique, w)
+		if c.forget(unique, w) {
+			putWaiter(w)
+		}
 		return result{err: err}
 	}
 	select {
 	case r := <-w.ch:
+		putWaiter(w)
 		return r
 	case <-ctx.Done():
 	}
@@ -314,16 +333,36 @@ func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
 	defer grace.Stop()
 	select {
 	case r := <-w.ch:
+		putWaiter(w)
 		return r
 	case <-grace.C:
 	}
 	if !c.forget(unique, w) {
 		// Answered (or failed) while the grace ran out; a reply being
 		// received into dst is waited for, so dst is ours again on return.
-		return <-w.ch
+		r := <-w.ch
+		putWaiter(w)
+		return r
 	}
+	// Not put back: it is out of pending and nobody will answer it, but
+	// let nothing that may still hold it see a reused one.
 	c.abandoned.Add(1)
 	return result{err: ctxError(ctx, "no answer after INTERRUPT")}
+}
+
+// waiters are reused: a request in flight costs no allocation of its own.
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
+
+// putWaiter readies w, answered and out of pending, for reuse. Its resend
+// timer is dropped: one that still fires finds another unique, or none,
+// pending as w and does nothing.
+func putWaiter(w *waiter) {
+	if w.retry != nil {
+		w.retry.Stop()
+		w.retry = nil
+	}
+	w.dst = nil
+	waiters.Put(w)
 }
 
 // forget takes w out of pending and stops its INTERRUPT resends. It
@@ -373,62 +412,90 @@ func (c *Conn) readLoop() {
 	}
 }
 
+// readState is what one receive step leaves for readOne.
+type readState struct {
+	n   int
+	w   *waiter // the waiter the record was received into, if any
+	err error
+	iov [2][]byte
+}
+
+// recvStep receives the next record, into the waiter that wants its
+// payload in place if there is one, else into readBuf. It reports false
+// when there is nothing to read yet (the poller then waits).
+func (c *Conn) recvStep(fd uintptr) bool {
+	rd := &c.rd
+	rd.w = c.claimInPlace(int(fd))
+	if rd.w != nil {
+		rd.iov[0], rd.iov[1] = rd.w.hdr[:], rd.w.dst
+		var flags int
+		rd.n, _, flags, _, rd.err = unix.RecvmsgBuffers(int(fd), rd.iov[:], nil, 0)
+		if rd.err == nil && flags&unix.MSG_TRUNC != 0 {
+			// Longer than its header said: not one whole frame.
+			rd.err = fmt.Errorf("record longer than its header's %d bytes: %w", wire.Len(rd.w.hdr[:]), syscall.EPROTO)
+		}
+		return true // the record was peeked at: it is there
+	}
+	rd.n, rd.err = unix.Read(int(fd), c.readBuf)
+	return rd.err != unix.EAGAIN
+}
+
 // readOne reads one record and dispatches it. It returns an error when the
 // connection is unusable, which includes a record that is not one whole
 // frame. While some waiter wants its payload in place, the record's header
 // is peeked at first, so that the reply it announces can be received into
 // that waiter's buffer directly.
 func (c *Conn) readOne() error {
-	var n, flags int
-	var w *waiter
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		w = c.claimInPlace(int(fd))
-		if w != nil {
-			n, _, flags, _, rerr = unix.RecvmsgBuffers(int(fd), [][]byte{w.hdr[:], w.dst}, nil, 0)
-		} else {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.readBuf, nil, 0)
-		}
-		return rerr != unix.EAGAIN
-	})
+	err := c.rc.Read(c.recv)
+	rd := &c.rd
+	n, w := rd.n, rd.w
 	if err == nil {
-		err = rerr
+		err = rd.err
 	}
 	switch {
 	case errors.Is(err, os.ErrClosed):
 		err = fmt.Errorf("transport: closed: %w", ErrClosed)
+	case errors.Is(err, syscall.EPROTO):
+		err = fmt.Errorf("transport: %w", err)
 	case err != nil:
 		err = fmt.Errorf("transport: receive: %v: %w", err, ErrClosed)
 	case n == 0:
 		// A zero-length record on SEQPACKET is end of file: the daemon
 		// closed its end or died.
 		err = fmt.Errorf("transport: daemon closed the connection: %w", io.EOF)
-	case flags&unix.MSG_TRUNC != 0:
-		err = fmt.Errorf("transport: record longer than its header says, or than %d bytes: %w", len(c.readBuf)-1, syscall.EPROTO)
+	case w == nil && n == len(c.readBuf):
+		// readBuf is one byte larger than any record the peer can send.
+		err = fmt.Errorf("transport: record larger than %d bytes: %w", len(c.readBuf)-1, syscall.EPROTO)
 	case n < outHeaderSize:
 		err = fmt.Errorf("transport: record of %d bytes has no reply header: %w", n, syscall.EPROTO)
 	}
 	if err == nil {
-		hdr := c.readBuf[:min(n, outHeaderSize)]
+		hdr := c.readBuf[:outHeaderSize]
 		if w != nil {
 			hdr = w.hdr[:]
 		}
 		if want := int(wire.Len(hdr)); want != n {
 			// A spliced reply split over several records, or garbage:
 			// either way no later record can be trusted to start a frame.
+			// (A record longer than a waiter's buffer fills it exactly,
+			// and so also differs from its header.)
 			err = fmt.Errorf("transport: record of %d bytes, its header says %d (a split or malformed reply): %w", n, want, syscall.EPROTO)
 		}
 	}
 	if w != nil {
 		// Claimed: the waiter is answered whatever happened, so that it
 		// never waits on a failed connection, nor leaves with dst in use.
-		w.ch <- result{frame: append([]byte(nil), w.hdr[:]...), inPlace: err == nil, err: err}
+		frame := bufpool.Get(outHeaderSize)
+		copy(frame, w.hdr[:])
+		w.ch <- result{frame: frame, inPlace: err == nil, err: err}
 	}
 	if err != nil {
 		return err
 	}
 	if w == nil {
-		c.deliver(append([]byte(nil), c.readBuf[:n]...))
+		frame := bufpool.Get(n)
+		copy(frame, c.readBuf[:n])
+		c.deliver(frame)
 	}
 	return nil
 }
@@ -444,12 +511,13 @@ func (c *Conn) claimInPlace(fd int) *waiter {
 	if !want {
 		return nil
 	}
-	var hdr [outHeaderSize]byte
-	n, _, _, _, err := unix.Recvmsg(fd, hdr[:], nil, unix.MSG_PEEK)
-	if err != nil || n < outHeaderSize {
+	var peek [outHeaderSize]byte
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&peek[0])), uintptr(len(peek)), unix.MSG_PEEK, 0, 0)
+	if errno != 0 || int(n) < outHeaderSize {
 		return nil // the plain receive sees the same and reports it
 	}
-	size, unique := int(wire.Len(hdr[:])), wire.Unique(hdr[:])
+	hdrb := peek[:]
+	size, unique := int(wire.Len(hdrb)), wire.Unique(hdrb)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w := c.pending[unique]
@@ -569,14 +637,15 @@ func (c *Conn) interruptReply(unique uint64, status int32) {
 
 // sendNow makes one non-blocking attempt to send frame.
 func (c *Conn) sendNow(frame []byte) error {
-	var werr error
-	err := c.rc.Control(func(fd uintptr) {
-		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-	})
-	if err != nil {
-		return err
+	c.closeMu.RLock()
+	defer c.closeMu.RUnlock()
+	if c.closed {
+		return os.ErrClosed
 	}
-	return werr
+	// The descriptor is non-blocking; a peer gone gives EPIPE (Go ignores
+	// SIGPIPE but for standard output and error).
+	_, err := unix.Write(c.fd, frame)
+	return err
 }
 
 // write sends one frame as one record. A frame larger than the socket
@@ -671,6 +740,9 @@ func (c *Conn) fail(cause error) {
 	for _, w := range pending {
 		w.ch <- result{err: cause}
 	}
+	c.closeMu.Lock()
+	c.closed = true
 	c.f.Close()
+	c.closeMu.Unlock()
 	close(c.done)
 }

@@ -572,3 +572,22 @@ func TestExchangeIntoReceivesInPlace(t *testing.T) {
 		t.Fatalf("lying record: %v, want EPROTO", r.err)
 	}
 }
+
+// A record longer than its header says, whose header fits the waiter's
+// buffer exactly, is refused too: its tail is not silently dropped.
+func TestExchangeIntoRefusesATruncatedRecord(t *testing.T) {
+	c, peer := pair(t, Options{})
+	dst := make([]byte, 34)
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := c.ExchangeInto(context.Background(), request(wire.OpRead, 2, 1, nil), dst)
+		errc <- err
+	}()
+	readReq(t, peer)
+	long := reply(2, 0, make([]byte, 100))
+	le.PutUint32(long, uint32(outHeaderSize+len(dst)))
+	unix.Write(peer, long)
+	if err := <-errc; !errors.Is(err, syscall.EPROTO) {
+		t.Fatalf("record longer than its header: %v, want EPROTO", err)
+	}
+}
