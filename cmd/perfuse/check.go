@@ -36,6 +36,7 @@ and detail (--json: the same as JSON), then a line
 				if len(args) != 0 {
 					return usagef("no arguments wanted, got %d", len(args))
 				}
+				e.endIsNote = true
 				results := check.Run(ctx, e.d.Usermount, check.Options{Seed: *seed})
 				var err error
 				if *asJSON {

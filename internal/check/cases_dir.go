@@ -175,7 +175,7 @@ func (r *runner) readdirCase(plus bool) outcome {
 	}
 	how := fmt.Sprintf("every one of the %d offsets", len(list))
 	if step > 1 {
-		how = fmt.Sprintf("%d of the %d offsets (every %dth after the first 100: all would take over %v)", tried, len(list), step, resumeBudget)
+		how = fmt.Sprintf("%d of the %d offsets (1 in %d after the first 100: all would take over %v)", tried, len(list), step, resumeBudget)
 	}
 	return pass("%s: %d entries, none lost or repeated; resumed from %s", label, len(list), how)
 }

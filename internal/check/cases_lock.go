@@ -30,14 +30,14 @@ func (r *runner) twoOpens(name string) (e *perfuse.Entry, h1, h2 *perfuse.Handle
 	h2, err = r.u.NodeOpen(r.ctx, nil, e.Node, syscall.O_RDWR)
 	if err != nil {
 		r.done(e, h1)
-		r.u.NodeRemove(r.ctx, nil, r.scratch, name)
+		r.unlink(r.scratch, name)
 		return nil, nil, nil, nil, fmt.Errorf("OPEN: %w", err)
 	}
 	return e, h1, h2, func() {
 		r.u.NodeClose(r.ctx, nil, h2, owner2)
 		r.u.NodeClose(r.ctx, nil, h1, owner1)
 		r.u.NodeReclaim(r.ctx, e.Node, 1)
-		r.u.NodeRemove(r.ctx, nil, r.scratch, name)
+		r.unlink(r.scratch, name)
 	}, nil
 }
 

@@ -65,7 +65,7 @@ func (r *runner) wantGone(dir *perfuse.Node, name string) error {
 }
 
 func (r *runner) rename(od *perfuse.Node, on string, nd *perfuse.Node, nn string, flags uint32) error {
-	if err := r.u.NodeRename(r.ctx, nil, od, on, nd, nn, flags); err != nil {
+	if err := r.renameHeld(od, on, nd, nn, flags); err != nil {
 		return fmt.Errorf("RENAME %s to %s (flags %d): %w", on, nn, flags, err)
 	}
 	return nil
@@ -158,7 +158,7 @@ func (r *runner) renameCase() outcome {
 		},
 		func() error { return r.mkdirHeld(dir, "other") },
 		func() error {
-			err := r.u.NodeRename(r.ctx, nil, dir, "other", dir, "sub2", 0)
+			err := r.renameHeld(dir, "other", dir, "sub2", 0)
 			if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
 				return nil
 			}
@@ -196,7 +196,7 @@ func (r *runner) rename2Case() outcome {
 		return fail("%v", err)
 	}
 	var notes []string
-	err = r.u.NodeRename(r.ctx, nil, dir, "x", dir, "y", renameNoreplace)
+	err = r.renameHeld(dir, "x", dir, "y", renameNoreplace)
 	switch {
 	case errors.Is(err, syscall.EEXIST):
 		if err := r.wantContent(dir, "y", "Y"); err != nil {
@@ -216,7 +216,7 @@ func (r *runner) rename2Case() outcome {
 	default:
 		return fail("RENAME_NOREPLACE onto an existing file: %v, want EEXIST", err)
 	}
-	err = r.u.NodeRename(r.ctx, nil, dir, "x", dir, "y", renameExchange)
+	err = r.renameHeld(dir, "x", dir, "y", renameExchange)
 	switch {
 	case err == nil:
 		if err := r.wantContent(dir, "x", "Y"); err != nil {
@@ -277,7 +277,7 @@ func (r *runner) linkCase() outcome {
 	if err := r.wantContent(dir, "g", "through f"); err != nil {
 		return fail("the second name: %v", err)
 	}
-	if err := r.u.NodeRemove(r.ctx, nil, dir, "g"); err != nil {
+	if err := r.unlink(dir, "g"); err != nil {
 		return fail("UNLINK g: %v", err)
 	}
 	if a, err := r.getattr(e.Node); err != nil || a.Nlink != 1 {
@@ -300,7 +300,7 @@ func (r *runner) symlinkCase() outcome {
 	if err != nil {
 		return fail("SYMLINK: %v", err)
 	}
-	defer r.u.NodeRemove(r.ctx, nil, r.scratch, "link")
+	defer r.unlink(r.scratch, "link")
 	defer r.u.NodeReclaim(r.ctx, e.Node, 1)
 	if e.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {
 		return fail("SYMLINK's entry has mode %#o, not a link", e.Attr.Mode)
@@ -335,7 +335,7 @@ func (r *runner) fifoCase() outcome {
 	if err != nil {
 		return fail("MKNOD: %v", err)
 	}
-	defer r.u.NodeRemove(r.ctx, nil, r.scratch, "fifo")
+	defer r.unlink(r.scratch, "fifo")
 	defer r.u.NodeReclaim(r.ctx, e.Node, 1)
 	if e.Attr.Mode&syscall.S_IFMT != syscall.S_IFIFO {
 		return fail("MKNOD's entry has mode %#o, not a FIFO", e.Attr.Mode)

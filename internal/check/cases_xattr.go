@@ -24,7 +24,7 @@ func (r *runner) xattrCase() outcome {
 		return fail("%v", err)
 	}
 	r.done(nil, h)
-	defer r.u.NodeRemove(r.ctx, nil, r.scratch, "xattr")
+	defer r.unlink(r.scratch, "xattr")
 	defer r.u.NodeReclaim(r.ctx, e.Node, 1)
 	n := e.Node
 	const name = "user.perfuse.check"

@@ -85,6 +85,7 @@ func Run(ctx context.Context, u *perfuse.Usermount, opt Options) []Result {
 		record(c.name, c.run)
 	}
 	record("cleanup", (*runner).cleanup)
+	record("lookup . and ..", (*runner).dotsCase)
 	record("replies", (*runner).replies)
 	record("lookup counts", (*runner).balanced)
 	return results

@@ -189,7 +189,7 @@ const maxWalkDirs = 2000
 func (r *runner) regularFiles(max int) (files []string, bigDir string, bigN int, err error) {
 	fsys := r.u.FS(r.ctx, nil)
 	bigDir = "."
-	dirs := 0
+	dirs, empty := 0, 0
 	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -209,7 +209,13 @@ func (r *runner) regularFiles(max int) (files []string, bigDir string, bigN int,
 				return fs.SkipDir
 			}
 		} else if d.Type().IsRegular() && len(files) < max {
-			files = append(files, p)
+			// Empty files say little: a few only.
+			if info, err := d.Info(); err == nil && (info.Size() > 0 || empty < 3) {
+				files = append(files, p)
+				if info.Size() == 0 {
+					empty++
+				}
+			}
 		}
 		return nil
 	})
@@ -232,4 +238,36 @@ func (r *runner) lookupPath(name string) (*perfuse.Entry, error) {
 		cur, dir = e, e.Node
 	}
 	return cur, nil
+}
+
+// hold looks the names up in their directories, as the kernel holds the
+// dentries of the names a namespace operation changes, and returns the
+// function giving them back. Daemons may assume it: fuse-overlayfs 1.10
+// aborts with a double free on UNLINK of a name whose node it was told to
+// forget. Names that do not exist are left out.
+func (r *runner) hold(pairs ...any) func() {
+	var held []*perfuse.Node
+	for i := 0; i+1 < len(pairs); i += 2 {
+		e, err := r.u.NodeLookup(r.ctx, nil, pairs[i].(*perfuse.Node), pairs[i+1].(string))
+		if err == nil {
+			held = append(held, e.Node)
+		}
+	}
+	return func() {
+		for _, n := range held {
+			r.u.NodeReclaim(r.ctx, n, 1)
+		}
+	}
+}
+
+// unlink removes the file name from dir, holding its lookup meanwhile.
+func (r *runner) unlink(dir *perfuse.Node, name string) error {
+	defer r.hold(dir, name)()
+	return r.u.NodeRemove(r.ctx, nil, dir, name)
+}
+
+// renameHeld renames with the lookups of both names held.
+func (r *runner) renameHeld(od *perfuse.Node, on string, nd *perfuse.Node, nn string, flags uint32) error {
+	defer r.hold(od, on, nd, nn)()
+	return r.u.NodeRename(r.ctx, nil, od, on, nd, nn, flags)
 }
