@@ -9,15 +9,13 @@ import (
 
 func init() {
 	register(&command{
-		name:    "cat",
-		args:    "PATH...",
-		summary: "write the contents of each file to stdout",
-		help:    `Symbolic links are followed.`,
+		name:     "cat",
+		args:     "PATH...",
+		summary:  "write the contents of each file to stdout",
+		help:     `Symbolic links are followed.`,
+		validate: nargs(1, -1, "at least one PATH"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) == 0 {
-					return usagef("want at least one PATH")
-				}
 				fsys := e.fsys(ctx)
 				for _, p := range args {
 					if err := catFile(e.stdout, fsys, fsName(p)); err != nil {

@@ -29,13 +29,11 @@ ENOSYS, has the cases needing it "skipped, not supported"; read-only
 variants read the daemon's own tree. The output is a table of case, result
 and detail (--json: the same as JSON), then a line
 "check: N passed, M failed, K skipped". Exit status 1 if any case failed.`,
+		validate: nargs(0, 0, "no arguments"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			asJSON := fl.Bool("json", false, "write the results as JSON")
 			seed := fl.Uint64("seed", check.DefaultSeed, "seed of the random operation sequence")
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) != 0 {
-					return usagef("no arguments wanted, got %d", len(args))
-				}
 				e.endIsNote = true
 				results := check.Run(ctx, e.d.Usermount, check.Options{Seed: *seed})
 				var err error
@@ -61,4 +59,3 @@ and detail (--json: the same as JSON), then a line
 type errCheckFailed struct{ n int }
 
 func (e errCheckFailed) Error() string { return fmt.Sprintf("%d cases failed", e.n) }
-

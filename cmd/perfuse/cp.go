@@ -30,19 +30,14 @@ When DST is an existing directory, SRC is copied into it under its own name.
 -r copies directories and what they hold (symbolic links in them are copied as
 links); -p keeps permission bits and access and modification times. A progress
 bar (bytes, files, rate, time left) goes to stderr when it is a terminal.`,
+		validate: validateCp,
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			c := &copier{}
 			fl.BoolVar(&c.recursive, "r", false, "copy directories recursively")
 			fl.BoolVar(&c.preserve, "p", false, "keep modes and times")
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) != 2 {
-					return usagef("want SRC and DST, got %d arguments", len(args))
-				}
 				src, dst := args[0], args[1]
 				c.e, c.ctx = e, ctx
-				if strings.HasPrefix(dst, ":") && strings.HasPrefix(src, ":") {
-					return usagef("SRC and DST are both in the daemon's tree: one must be local")
-				}
 				if strings.HasPrefix(dst, ":") {
 					return c.copyIn(src, fsName(dst))
 				}
@@ -50,6 +45,16 @@ bar (bytes, files, rate, time left) goes to stderr when it is a terminal.`,
 			}
 		},
 	})
+}
+
+func validateCp(args []string) error {
+	if len(args) != 2 {
+		return usagef("want SRC and DST, got %d arguments", len(args))
+	}
+	if strings.HasPrefix(args[0], ":") && strings.HasPrefix(args[1], ":") {
+		return usagef("SRC and DST are both in the daemon's tree: one must be local")
+	}
+	return nil
 }
 
 type copier struct {

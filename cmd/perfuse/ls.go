@@ -21,14 +21,13 @@ func init() {
 		help: `Entries are sorted by name. -l shows mode, links, owner, group, size,
 modification time and a symbolic link's target; -R lists subdirectories
 too, each under a "DIR:" line, without following symbolic links.`,
+		validate: nargs(0, 1, "at most one PATH"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			long := fl.Bool("l", false, "long format")
 			recursive := fl.Bool("R", false, "list subdirectories recursively")
 			return func(ctx context.Context, e *env, args []string) error {
 				p := "/"
-				if len(args) > 1 {
-					return usagef("want at most one PATH, got %d", len(args))
-				} else if len(args) == 1 {
+				if len(args) == 1 {
 					p = args[0]
 				}
 				return ls(e, e.fsys(ctx), fsName(p), *long, *recursive)

@@ -29,6 +29,20 @@ type command struct {
 	// flags defines the command's flags on fs and returns the function
 	// that runs it with the arguments left, on a started daemon.
 	flags func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
+	// validate checks the arguments left after the flags, before the
+	// daemon is started; its errors are usage errors. Optional.
+	validate func(args []string) error
+}
+
+// nargs is a validate function for between min and max arguments (max
+// -1: no limit).
+func nargs(min, max int, what string) func([]string) error {
+	return func(args []string) error {
+		if len(args) < min || max >= 0 && len(args) > max {
+			return usagef("want %s, got %d arguments", what, len(args))
+		}
+		return nil
+	}
 }
 
 var commands = map[string]*command{}
@@ -108,6 +122,13 @@ func run(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "perfuse %s: %v\n", name, err)
 		cmdUsage(stderr, c, fs)
 		return 2
+	}
+	if c.validate != nil {
+		if err := c.validate(fs.Args()); err != nil {
+			fmt.Fprintf(stderr, "perfuse %s: %v\n", name, err)
+			cmdUsage(stderr, c, fs)
+			return 2
+		}
 	}
 	if !dashes || len(daemon) == 0 {
 		fmt.Fprintf(stderr, "perfuse %s: no daemon: give its command line after --\n", name)

@@ -21,12 +21,10 @@ func init() {
 SIGINT or SIGTERM. The address serving is printed on stderr as
 "serving http://HOST:PORT/". The default address is on the loopback
 interface only: give -addr :8080 to serve every interface.`,
+		validate: nargs(0, 0, "no arguments"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			addr := fl.String("addr", "127.0.0.1:8080", "address to listen on (port 0: any free port)")
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) != 0 {
-					return usagef("no arguments wanted, got %d", len(args))
-				}
 				return serve(ctx, e, *addr)
 			}
 		},
@@ -75,13 +73,13 @@ func (s seekFS) Open(name string) (fs.File, error) {
 	if _, ok := f.(io.Seeker); ok {
 		return f, nil
 	}
-	if _, ok := f.(fs.ReadDirFile); ok {
-		return f, nil
-	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, err
+	}
+	if st.IsDir() {
+		return f, nil
 	}
 	return &seekFile{File: f, fsys: s.FS, name: name, size: st.Size()}, nil
 }

@@ -29,11 +29,9 @@ quote names with spaces in "" or ''):
 It reads commands from stdin until end of file or "exit", prompting when
 stdin is a terminal. A failed command prints its error and the shell goes
 on; the exit status is 1 if any command failed.`,
+		validate: nargs(0, 0, "no arguments"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) != 0 {
-					return usagef("no arguments wanted, got %d", len(args))
-				}
 				return (&shell{e: e, ctx: ctx, cwd: "."}).run()
 			}
 		},

@@ -13,15 +13,13 @@ import (
 
 func init() {
 	register(&command{
-		name:    "stat",
-		args:    "PATH...",
-		summary: "show the attributes of each path, as stat(1) does",
-		help:    `A symbolic link itself is shown, not its target.`,
+		name:     "stat",
+		args:     "PATH...",
+		summary:  "show the attributes of each path, as stat(1) does",
+		help:     `A symbolic link itself is shown, not its target.`,
+		validate: nargs(1, -1, "at least one PATH"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
-				if len(args) == 0 {
-					return usagef("want at least one PATH")
-				}
 				fsys := e.fsys(ctx)
 				for _, p := range args {
 					st, err := fs.Lstat(fsys, fsName(p))

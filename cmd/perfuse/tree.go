@@ -11,16 +11,15 @@ import (
 
 func init() {
 	register(&command{
-		name:    "tree",
-		args:    "[PATH]",
-		summary: "draw the tree under a directory (default /), as tree(1) does",
-		help:    `Symbolic links are shown with their targets and not followed.`,
+		name:     "tree",
+		args:     "[PATH]",
+		summary:  "draw the tree under a directory (default /), as tree(1) does",
+		help:     `Symbolic links are shown with their targets and not followed.`,
+		validate: nargs(0, 1, "at most one PATH"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			return func(ctx context.Context, e *env, args []string) error {
 				p := "/"
-				if len(args) > 1 {
-					return usagef("want at most one PATH, got %d", len(args))
-				} else if len(args) == 1 {
+				if len(args) == 1 {
 					p = args[0]
 				}
 				t := &treeWalk{w: e.stdout, fsys: e.fsys(ctx)}
