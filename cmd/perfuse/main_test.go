@@ -257,3 +257,16 @@ func TestOperationErrors(t *testing.T) {
 		}
 	}
 }
+
+// A libfuse 2 daemon takes /dev/fd/3 for a directory to mount on, and
+// fails at once: perfuse reports its exit status and complaint (exit 1).
+// Only perfused's wrap mode, with a private mount namespace and a
+// stand-in fusermount, can give such a daemon a socket.
+func TestLibfuse2DaemonRefused(t *testing.T) {
+	a, b := shared(t), shared(t)
+	unionfs := daemonpeer.Need(t, "unionfs-fuse")
+	r := runTool(t, shared(t), "", "ls", "--", unionfs, "-f", a+"=RW:"+b+"=RO", "/dev/fd/3")
+	if r.code != 1 || !strings.Contains(r.stderr, "unionfs-fuse exited before INIT") || !strings.Contains(r.stderr, "bad mount point `/dev/fd/3'") {
+		t.Errorf("exit %d, stderr %q; want 1 with the daemon's exit and complaint", r.code, r.stderr)
+	}
+}
