@@ -149,4 +149,3 @@ func mapValues(m map[string]Result) []Result {
 	}
 	return out
 }
-
