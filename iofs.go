@@ -283,6 +283,55 @@ func (f *iofile) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadAt reads len(p) bytes at off, as io.ReaderAt: fewer only at end of
+// file (io.EOF) or on error. It does not move the offset Read uses.
+func (f *iofile) ReadAt(p []byte, off int64) (int, error) {
+	switch {
+	case f.closed:
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: fs.ErrClosed}
+	case f.h == nil:
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EOPNOTSUPP}
+	case f.h.dir:
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EISDIR}
+	case off < 0:
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EINVAL}
+	}
+	n, err := f.fsys.u.NodeRead(f.fsys.ctx, f.fsys.cred, f.h, p, off)
+	switch {
+	case err != nil:
+		return n, pathError("read", f.name, err)
+	case n < len(p):
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Seek sets the offset of the next Read, as io.Seeker; io.SeekEnd asks
+// the daemon for the size. (http.FileServerFS serves ranges through it.)
+func (f *iofile) Seek(offset int64, whence int) (int64, error) {
+	if f.closed {
+		return 0, &fs.PathError{Op: "seek", Path: f.name, Err: fs.ErrClosed}
+	}
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += f.off
+	case io.SeekEnd:
+		a, err := f.fsys.u.NodeGetattr(f.fsys.ctx, f.fsys.cred, f.node, f.h)
+		if err != nil {
+			return 0, pathError("seek", f.name, err)
+		}
+		offset += int64(a.Size)
+	default:
+		return 0, &fs.PathError{Op: "seek", Path: f.name, Err: syscall.EINVAL}
+	}
+	if offset < 0 {
+		return 0, &fs.PathError{Op: "seek", Path: f.name, Err: syscall.EINVAL}
+	}
+	f.off = offset
+	return offset, nil
+}
+
 // ReadDir streams entries from the daemon, resuming from the cookie of the
 // last entry returned; "." and ".." are left out, as io/fs wants.
 func (f *iofile) ReadDir(count int) ([]fs.DirEntry, error) {

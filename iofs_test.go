@@ -1,8 +1,10 @@
 package perfuse
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -462,4 +464,45 @@ func TestIOFSSpecialFile(t *testing.T) {
 		t.Error(err)
 	}
 	requireNoLookups(t, u, c)
+}
+
+// Files of the view are io.ReaderAt and io.Seeker, so that
+// http.FileServerFS serves ranges without reading from the start.
+func TestIOFSFilesSeekAndReadAt(t *testing.T) {
+	dir := t.TempDir()
+	data := make([]byte, 300000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u := attach(t, gofusepeer.ServeLoopback(t, dir))
+	f, err := u.FS(testCtx(t), nil).Open("f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ra, ok := f.(io.ReaderAt)
+	sk, ok2 := f.(io.Seeker)
+	if !ok || !ok2 {
+		t.Fatalf("%T is not an io.ReaderAt and io.Seeker", f)
+	}
+	buf := make([]byte, 1000)
+	if n, err := ra.ReadAt(buf, 123456); n != len(buf) || err != nil || !bytes.Equal(buf, data[123456:124456]) {
+		t.Fatalf("ReadAt: %d, %v", n, err)
+	}
+	if n, err := ra.ReadAt(buf, int64(len(data)-10)); n != 10 || err != io.EOF {
+		t.Fatalf("ReadAt at the end: %d, %v, want 10, EOF", n, err)
+	}
+	if off, err := sk.Seek(-100, io.SeekEnd); off != int64(len(data)-100) || err != nil {
+		t.Fatalf("Seek from the end: %d, %v", off, err)
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(rest, data[len(data)-100:]) {
+		t.Fatalf("read after Seek: %d bytes, %v", len(rest), err)
+	}
+	if _, err := sk.Seek(-1, io.SeekStart); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("Seek before the start: %v, want EINVAL", err)
+	}
 }
