@@ -21,8 +21,8 @@
 //	perfuse_msg_t               *Message
 //	pc_new_msg / pc_xchg_msg    Callbacks.NewMsg / Callbacks.XchgMsg
 //	pc_destroy_msg              Callbacks.DestroyMsg
-//	pc_get_inhdr/_inpayload     Callbacks.GetInHdr / GetInPayload (default: Message methods)
-//	pc_get_outhdr/_outpayload   Callbacks.GetOutHdr / GetOutPayload (default: Message methods)
+//	pc_get_inhdr/_inpayload     Message.InHeader / InPayload
+//	pc_get_outhdr/_outpayload   Message.OutHeader / OutPayload
 //	pc_umount                   Callbacks.Umount
 //	pc_fsreq                    Callbacks.FsReq (set by Init to Usermount.FsReq)
 //	perfuse_init                Init
@@ -94,7 +94,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"github.com/perfuse-go/perfuse/internal/transport"
 	"github.com/perfuse-go/perfuse/internal/wire"
@@ -128,20 +127,16 @@ type Callbacks struct {
 	// DestroyMsg releases m after use. Default: nothing (garbage
 	// collected); a transport that pools buffers recycles them here.
 	DestroyMsg func(m *Message)
-	// Header and payload accessors, for relay code ported from libperfuse.
-	// Init fills the nil ones with the Message methods.
-	GetInHdr      func(m *Message) *fuse.InHeader
-	GetInPayload  func(m *Message) []byte
-	GetOutHdr     func(m *Message) (fuse.OutHeader, bool)
-	GetOutPayload func(m *Message) []byte
 	// MaxFrame is the largest frame the transport carries; INIT caps
 	// max_write and read sizes by it. 0 means PERFUSE_BUFSIZE.
 	MaxFrame int
 	// Umount tears the transport down after DESTROY. Optional.
 	Umount func(u *Usermount)
-	// Start is called by Mainloop as the main loop begins, for a transport
-	// that reads replies in a goroutine of its own from then on. Optional.
-	// (Not in libperfuse, where puffs' main loop reads the socket.)
+	// Start is called once as the main loop begins (Mainloop, or Attach),
+	// for a transport that watches its connection from then on: the
+	// socket transport ends the session with Shutdown when the daemon
+	// goes. Optional. (Not in libperfuse, where puffs' main loop reads the
+	// socket.)
 	Start func(u *Usermount) error
 	// stats reports the socket transport's counters, for TraceDump.
 	stats func() transport.Stats
@@ -185,7 +180,6 @@ func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 	u.root.mode.Store(syscall.S_IFDIR)
 	u.root.name.Store("")
 	u.nodes[RootID] = u.root
-	u.trace.init()
 	fillDefaults(cb)
 	cb.FsReq = func(_ *Usermount, m *Message) { u.FsReq(m) }
 	return u, nil
@@ -199,18 +193,6 @@ func fillDefaults(cb *Callbacks) {
 	}
 	if cb.DestroyMsg == nil {
 		cb.DestroyMsg = func(*Message) {}
-	}
-	if cb.GetInHdr == nil {
-		cb.GetInHdr = (*Message).InHeader
-	}
-	if cb.GetInPayload == nil {
-		cb.GetInPayload = (*Message).InPayload
-	}
-	if cb.GetOutHdr == nil {
-		cb.GetOutHdr = (*Message).OutHeader
-	}
-	if cb.GetOutPayload == nil {
-		cb.GetOutPayload = (*Message).OutPayload
 	}
 }
 

@@ -29,8 +29,6 @@ type tracer struct {
 	records []*traceRecord // oldest first
 }
 
-func (t *tracer) init() {}
-
 func (t *tracer) begin(u *Usermount, op Opcode, n *Node, m *Message) *traceRecord {
 	if Diag(u.diag.Load())&DiagTrace == 0 {
 		return nil
@@ -102,7 +100,6 @@ func (u *Usermount) TraceDump(w io.Writer) error {
 	fmt.Fprintln(bw, "Global statistics")
 	fmt.Fprintf(bw, "Nodes: %d\n", u.NodeCount())
 	fmt.Fprintf(bw, "Exchanges: %d\n", u.xchgCount.Load())
-	fmt.Fprintf(bw, "Nodes possibly leaked: %d\n", 0)
 	c := u.Counters()
 	for _, name := range slices.Sorted(maps.Keys(c)) {
 		if c[name] != 0 {
