@@ -16,6 +16,27 @@ const setattrChanges = fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID | fuse.
 	fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW |
 	fuse.FATTR_CTIME | fuse.FATTR_KILL_SUIDGID
 
+// NodeGetattr fetches n's attributes (FUSE_GETATTR), with h's file handle
+// when the node is open as a file.
+func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Handle) (*fuse.AttrOut, error) {
+	if h != nil {
+		// A released fh may already name another open in the daemon.
+		if err := usable(h); err != nil {
+			return nil, err
+		}
+	}
+	in := fuse.GetAttrIn{}
+	if h != nil && !h.dir {
+		in.Flags_, in.Fh_ = fuse.FUSE_GETATTR_FH, h.fh
+	}
+	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpGetattr, node: n, cred: cred, in: fixed(OpGetattr, &in)})
+	if err != nil {
+		return nil, err
+	}
+	n.setAttr(&out.Attr)
+	return out, nil
+}
+
 // NodeSetattr changes n's attributes (FUSE_SETATTR) as in.Valid says
 // (FATTR_* bits with their fields), and returns the attributes the daemon
 // answers, which also become n's cached ones. With h, an open of a file,

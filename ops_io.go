@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -31,6 +32,93 @@ func (u *Usermount) HandleFor(n *Node, fh uint64, dir bool, flags uint32) *Handl
 		return hs[0]
 	}
 	return &Handle{node: n, fh: fh, dir: dir, flags: flags}
+}
+
+// spliceSafeRead is the most one READ asks of the daemon. A daemon that
+// splices its reply (go-fuse at its defaults, fuse-overlayfs) sends it into
+// a SEQPACKET socket in sendmsg calls of 16 pipe buffers each, one record
+// per call: a page per buffer, and the 16-byte header in one or two more
+// (two when it straddles a page). 13 pages of payload at any offset span at
+// most 14 pages, so such a reply is still one record, which the transport
+// requires of every reply: pieces of a split reply cannot be told from
+// file data.
+const spliceSafeRead = 13 * pageSize
+
+// readPiecesInFlight bounds the READs one NodeRead has in flight at once.
+const readPiecesInFlight = 16
+
+// NodeRead reads into p from offset off of the open file h (FUSE_READ),
+// and returns the bytes read; fewer than len(p) means end of file. A read
+// larger than one READ may ask for (the negotiated read size, and
+// spliceSafeRead) goes as several READs in flight together, as the
+// kernel's readahead does; the result ends at the first short one.
+func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
+	if err := usable(h); err != nil {
+		return 0, err
+	}
+	if h.dir {
+		return 0, syscall.EISDIR
+	}
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	piece := min(u.limits().maxRead, spliceSafeRead)
+	if len(p) <= piece {
+		return u.readChunk(ctx, cred, h, p, off)
+	}
+	pieces := (len(p) + piece - 1) / piece
+	got := make([]int, pieces)
+	errs := make([]error, pieces)
+	slots := make(chan struct{}, readPiecesInFlight)
+	var wg sync.WaitGroup
+	read := func(i int) {
+		start := i * piece
+		got[i], errs[i] = u.readChunk(ctx, cred, h, p[start:min(len(p), start+piece)], off+int64(start))
+	}
+	// The last piece is read by the caller's own goroutine, after the
+	// others are on their way.
+	for i := range pieces - 1 {
+		slots <- struct{}{}
+		if err := ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("perfuse: READ not sent: %w", ctxErrno(ctx))
+			<-slots
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			read(i)
+		})
+	}
+	read(pieces - 1)
+	wg.Wait()
+	done := 0
+	for i := range pieces {
+		done += got[i]
+		if errs[i] != nil {
+			return done, errs[i]
+		}
+		if got[i] < min(piece, len(p)-i*piece) {
+			break
+		}
+	}
+	return done, nil
+}
+
+func (u *Usermount) readChunk(ctx context.Context, cred *Cred, h *Handle, p []byte, off int64) (int, error) {
+	in := fuse.ReadIn{Fh: h.fh, Offset: uint64(off), Size: uint32(len(p)), Flags: h.flags}
+	n := 0
+	err := u.do(ctx, request{op: OpRead, node: h.node, cred: cred, in: fixed(OpRead, &in), dst: p}, func(data []byte) error {
+		switch {
+		case len(data) > len(p):
+			return errProto(OpRead, "%d bytes for a read of %d", len(data), len(p))
+		case len(data) > 0 && &data[0] == &p[0]:
+			n = len(data) // received in place
+		default:
+			n = copy(p, data)
+		}
+		return nil
+	})
+	return n, err
 }
 
 // NodeWrite writes p at offset off of the open file h (FUSE_WRITE), in
