@@ -3,7 +3,9 @@ package perfuse
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -181,5 +183,76 @@ func TestNilCredIsTheCallingProcess(t *testing.T) {
 	}).Reply(attrOut(1, syscall.S_IFDIR|0o755, 0))
 	if _, err := u.NodeGetattr(testCtx(t), nil, u.Root(), nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A daemon whose cookies cycle, listing DT_UNKNOWN entries that are gone
+// when looked up: one ReadDir(1) of the io/fs view calls NodeReaddir again
+// and again, each call too short to see the cycle itself. The view keeps
+// the cookies it resumed from and fails with EIO.
+func TestIOFSReadDirCyclingCookiesAcrossCalls(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(OpGetattr).AnyTimes().Reply(attrOut(1, syscall.S_IFDIR|0o755, 0))
+	p.Expect(OpOpendir).AnyTimes().Reply(fuse.OpenOut{Fh: 3})
+	var readdirs atomic.Int64
+	p.Expect(OpReaddir).AnyTimes().ReplyFunc(func(r fakepeer.Request) [][]byte {
+		readdirs.Add(1)
+		in, _ := fakepeer.In[fuse.ReadIn](r)
+		o := in.Offset
+		d := append(dirent(9, o%2+1, 0, "a"), dirent(10, (o+1)%2+1, 0, "b")...)
+		return [][]byte{fakepeer.ReplyFrame(r.Header.Unique, 0, d)}
+	})
+	p.Expect(OpLookup).AnyTimes().ReplyErrno(syscall.ENOENT)
+	p.Expect(OpReleasedir).AnyTimes().Reply()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	f, err := u.FS(ctx, nil).Open(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ents, err := f.(fs.ReadDirFile).ReadDir(1)
+	t.Logf("ReadDir(1) = %d entries, %v after %v and %d READDIRs", len(ents), err, time.Since(start), readdirs.Load())
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("ReadDir(1) on cycling cookies: %v, want EIO", err)
+	}
+	if readdirs.Load() > 10 {
+		t.Errorf("cookie cycle not detected across the view's READDIRs: %d sent", readdirs.Load())
+	}
+}
+
+// Writes on one node are serialised, but a write waiting behind one the
+// daemon holds still leaves on its own deadline.
+func TestWriteBehindAHeldWriteHonoursItsDeadline(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(OpLookup).Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Reply(fuse.OpenOut{Fh: 1})
+	p.Expect(OpWrite).AnyTimes().NoReply()
+	p.Expect(OpInterrupt).AnyTimes().NoReply()
+	p.Expect(OpRelease).AnyTimes().Reply()
+	p.Expect(OpForget).AnyTimes()
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := u.NodeOpen(testCtx(t), nil, e.Node, os.O_WRONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, cancelFirst := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancelFirst()
+	go u.NodeWrite(first, nil, h, []byte("a"), 0, 0, 0)
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = u.NodeWrite(ctx, nil, h, []byte("b"), 1, 0, 0)
+	took := time.Since(start)
+	t.Logf("second write with a 300ms deadline: %v after %v", err, took)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second write: %v, want its deadline", err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("second write returned %v after its 300ms deadline", took)
 	}
 }

@@ -245,8 +245,12 @@ type iofile struct {
 	h      *Handle
 	off    int64
 	cookie uint64
-	eof    bool
-	closed bool
+	// resumed are the cookies the listing resumed from: one that comes
+	// again means the daemon's cookies cycle (NodeReaddir sees it only
+	// within one call).
+	resumed map[uint64]bool
+	eof     bool
+	closed  bool
 }
 
 func (f *iofile) Stat() (fs.FileInfo, error) {
@@ -343,6 +347,13 @@ func (f *iofile) ReadDir(count int) ([]fs.DirEntry, error) {
 	}
 	var out []fs.DirEntry
 	for !f.eof && (count <= 0 || len(out) < count) {
+		if f.resumed == nil {
+			f.resumed = map[uint64]bool{}
+		}
+		if f.resumed[f.cookie] {
+			return out, pathError("readdir", f.name, fmt.Errorf("perfuse: readdir cookie %d came back: the daemon's cookies cycle: %w", f.cookie, syscall.EIO))
+		}
+		f.resumed[f.cookie] = true
 		var batch []Dirent
 		stopped := false
 		err := f.fsys.u.NodeReaddir(f.fsys.ctx, f.fsys.cred, f.h, f.cookie, func(d Dirent) bool {

@@ -74,8 +74,10 @@ func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 	}
 	if req.Valid&fuse.FATTR_SIZE != 0 {
 		// A size change and the writes on the node are ordered.
-		n.wmu.Lock()
-		defer n.wmu.Unlock()
+		if err := n.lockWrites(ctx); err != nil {
+			return nil, err
+		}
+		defer n.unlockWrites()
 	}
 	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpSetattr, node: n, cred: cred, in: fixed(OpSetattr, &req)})
 	if err != nil {

@@ -144,8 +144,10 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 		return 0, nil
 	}
 	n := h.node
-	n.wmu.Lock()
-	defer n.wmu.Unlock()
+	if err := n.lockWrites(ctx); err != nil {
+		return 0, err
+	}
+	defer n.unlockWrites()
 	if h.flags&syscall.O_APPEND != 0 && !u.kernelWrites.Load() {
 		a, err := u.NodeGetattr(ctx, cred, n, h)
 		if err != nil {
@@ -273,8 +275,10 @@ func (u *Usermount) NodeFallocate(ctx context.Context, cred *Cred, h *Handle, mo
 	case u.unsupported[OpFallocate].Load():
 		return fmt.Errorf("perfuse: daemon lacks FALLOCATE: %w", syscall.EOPNOTSUPP)
 	}
-	h.node.wmu.Lock()
-	defer h.node.wmu.Unlock()
+	if err := h.node.lockWrites(ctx); err != nil {
+		return err
+	}
+	defer h.node.unlockWrites()
 	in := fuse.FallocateIn{Fh: h.fh, Offset: off, Length: length, Mode: mode}
 	err := u.do(ctx, request{op: OpFallocate, node: h.node, cred: cred, in: fixed(OpFallocate, &in)}, nil)
 	if isENOSYS(err) {

@@ -1,6 +1,8 @@
 package perfuse
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -31,14 +33,30 @@ type Node struct {
 	// GETATTR, SETATTR): what access emulation checks. nil until then.
 	attr atomic.Pointer[fuse.Attr]
 
-	// wmu serialises writes to the node, as the kernel's inode lock
-	// does: an append computes its offset and writes under it.
-	wmu sync.Mutex
+	// wsem serialises writes to the node, as the kernel's inode lock
+	// does (O_APPEND reads the size first); a channel, so that a writer
+	// waiting behind another leaves on its own context. Made once.
+	wsem  chan struct{}
+	wonce sync.Once
 
 	// nlookup is the number of entries the daemon has returned for this
 	// nodeid and we have not forgotten yet. Guarded by Usermount.nodesMu.
 	nlookup uint64
 }
+
+// lockWrites takes n's write lock, or gives up when ctx ends.
+func (n *Node) lockWrites(ctx context.Context) error {
+	n.wonce.Do(func() { n.wsem = make(chan struct{}, 1) })
+	select {
+	case n.wsem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("perfuse: waiting behind a write on node %d: %w", n.id, ctxErrno(ctx))
+	}
+}
+
+// unlockWrites releases n's write lock.
+func (n *Node) unlockWrites() { <-n.wsem }
 
 // ID returns the node's FUSE nodeid.
 func (n *Node) ID() uint64 { return n.id }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/perfuse-go/perfuse"
+	"github.com/perfuse-go/perfuse/internal/policy"
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"golang.org/x/sys/unix"
 )
@@ -139,9 +140,23 @@ func (d *daemon) listenAndServe(flagPath string) error {
 			d.serveConn(f, uid)
 		}()
 	}
-	wg.Wait()
+	// Every mount unmounts, or is aborted, within the grace. A session
+	// can still be stuck where nothing reaches it: a thread in a system
+	// call on a hung filesystem (a mountpoint inside another user's hung
+	// mount). perfused exits anyway, which ends such calls.
+	served := make(chan struct{})
+	go func() { wg.Wait(); close(served) }()
+	select {
+	case <-served:
+	case <-time.After(d.f.grace + stopSlack):
+		d.log.Warn("perfused: connections still stuck at exit; leaving them", "after", d.f.grace+stopSlack)
+	}
 	return nil
 }
+
+// stopSlack is how long, past the grace, stopping waits for connections
+// whose aborts are under way.
+const stopSlack = 5 * time.Second
 
 // admit counts a new connection against the pending limits (total and its
 // user's). A connection over them gets a status record saying so and is
@@ -187,7 +202,7 @@ func (d *daemon) serveConn(f *os.File, uid uint32) {
 		d.refusals.log(d.log, fmt.Sprint("badframe ", uid), "perfused: bad mount request", "uid", uid, "err", err)
 		return
 	}
-	d.log.Debug("perfused: mount request", "target", mi.Target, "source", mi.Source, "uid", mi.UID, "pid", mi.PID)
+	d.log.Debug("perfused: mount request", "target", policy.Clip(mi.Target), "source", policy.Clip(mi.Source), "uid", mi.UID, "pid", mi.PID)
 	err = d.serveMount(f, mi, true, admitted)
 	var refused refusal
 	switch {

@@ -18,6 +18,7 @@ import (
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/kerneltest"
 	"github.com/perfuse-go/perfuse/internal/peerutil"
+	"github.com/perfuse-go/perfuse/internal/policy"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,6 +28,10 @@ import (
 // daemon that mounts itself with perfuse.Open and perfuse.Mount, as a
 // libperfuse client does.
 func TestMain(m *testing.M) {
+	// perfused's mountpoint helper is this binary run with no environment.
+	if status, ok := policy.RunHelper(os.Args); ok {
+		os.Exit(status)
+	}
 	switch os.Getenv("PERFUSED_TEST_ROLE") {
 	case "perfused":
 		main()

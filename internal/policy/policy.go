@@ -24,10 +24,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/perfuse-go/perfuse"
 	"github.com/perfuse-go/perfuse/internal/kernel"
+	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"golang.org/x/sys/unix"
 )
 
@@ -192,7 +195,7 @@ func (o *Options) Parse(s string) (unknown []string) {
 func Decide(ctx context.Context, mi *perfuse.MountInfo, groups []uint32, admin Options, log *slog.Logger) (kernel.Config, *os.File, error) {
 	var o Options
 	if unk := o.Parse(mi.Data); len(unk) > 0 && log != nil {
-		log.Warn("perfused: mount options ignored", "target", mi.Target, "options", strings.Join(unk, ","))
+		warnings(log).Warn("options", "perfused: mount options ignored", "uid", mi.UID, "target", Clip(mi.Target), "options", Clip(strings.Join(unk, ",")))
 	}
 	if mi.Flags&unix.MS_RDONLY != 0 {
 		o.ReadOnly = true
@@ -253,7 +256,7 @@ func subtype(opt, fstype string, log *slog.Logger) string {
 	}
 	if st != "" && !plainName.MatchString(st) {
 		if log != nil {
-			log.Warn("perfused: subtype ignored: not a plain name", "subtype", st)
+			warnings(log).Warn("subtype", "perfused: subtype ignored: not a plain name", "subtype", Clip(st))
 		}
 		return ""
 	}
@@ -261,6 +264,27 @@ func subtype(opt, fstype string, log *slog.Logger) string {
 }
 
 var plainName = regexp.MustCompile(`^[A-Za-z0-9_.+-]{1,64}$`)
+
+// What any client can make the policy log is rate-limited, and its own
+// strings cut short: a mount frame carries up to 64 KiB of options.
+var (
+	warnOnce sync.Once
+	warnLog  *ratelog.Logger
+)
+
+func warnings(log *slog.Logger) *ratelog.Logger {
+	warnOnce.Do(func() { warnLog = ratelog.New(log, time.Second) })
+	return warnLog
+}
+
+// Clip cuts a client's string for a log line.
+func Clip(s string) string {
+	const most = 256
+	if len(s) <= most {
+		return s
+	}
+	return s[:most] + "…"
+}
 
 // MountMax returns mount_max from FuseConf ("mount_max = N", as fusermount3
 // reads it), and whether it is set there.

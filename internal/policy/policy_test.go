@@ -3,10 +3,13 @@ package policy
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/perfuse-go/perfuse"
 )
@@ -134,5 +137,24 @@ func TestSubtypeFromRequestedType(t *testing.T) {
 		if got := subtype(c.opt, c.fstype, nil); got != c.want {
 			t.Errorf("subtype(%q, %q) = %q, want %q", c.opt, c.fstype, got, c.want)
 		}
+	}
+}
+
+// A client's mount options reach the log rate-limited and cut short: a
+// flood of frames with 64 KiB of unknown options writes a line or two,
+// not megabytes.
+func TestOptionWarningsAreBounded(t *testing.T) {
+	var out strings.Builder
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	junk := strings.Repeat("x", 60000)
+	start := time.Now()
+	for range 200 {
+		mi := &perfuse.MountInfo{Target: filepath.Join(t.TempDir(), "none"), UID: 65534, GID: 65534, Data: junk}
+		Decide(context.Background(), mi, nil, Options{}, log)
+	}
+	// One line a second at most, each of a few hundred bytes.
+	most := int(time.Since(start)/time.Second) + 2
+	if lines := strings.Count(out.String(), "\n"); lines > most || out.Len() > most*1024 {
+		t.Fatalf("%d lines, %d bytes logged for 200 frames in %v", lines, out.Len(), time.Since(start))
 	}
 }

@@ -116,6 +116,9 @@ func openAs(ctx context.Context, target string, o Owner) (*os.File, error) {
 	groups := make([]uint32, len(o.Groups))
 	copy(groups, o.Groups)
 	cmd := exec.Command("/proc/self/exe", helperFlag, target)
+	// The helper runs as the owner, who may read its environment and
+	// trace it: it gets none of perfused's, and starts in "/".
+	cmd.Env, cmd.Dir = []string{}, "/"
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: o.UID, Gid: o.GID, Groups: groups},

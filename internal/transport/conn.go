@@ -42,7 +42,10 @@ const (
 	// the handler, in count and in bytes: a daemon that floods
 	// notifications costs at most this much memory.
 	unsolQueue = 1024
-	unsolBytes = 16 << 20
+	unsolBytes = 4 << 20
+	// unsolBytesAll bounds them across every Conn of the process: a
+	// relay serves many connections, and one user may open many.
+	unsolBytesAll = 64 << 20
 	// interruptRetry is how long to wait before re-sending an INTERRUPT
 	// that the daemon answered with EAGAIN, or that found the socket full.
 	interruptRetry = 10 * time.Millisecond
@@ -493,9 +496,7 @@ func (c *Conn) readOne() error {
 		return err
 	}
 	if w == nil {
-		frame := bufpool.Get(n)
-		copy(frame, c.readBuf[:n])
-		c.deliver(frame)
+		c.deliver(c.readBuf[:n])
 	}
 	return nil
 }
@@ -528,8 +529,11 @@ func (c *Conn) claimInPlace(fd int) *waiter {
 	return w
 }
 
-func (c *Conn) deliver(frame []byte) {
-	u := wire.Unique(frame)
+// deliver routes rec, a whole frame in readBuf: to its waiter, as an
+// INTERRUPT's answer, or to the unsolicited queue. What is kept is copied
+// out of readBuf.
+func (c *Conn) deliver(rec []byte) {
+	u := wire.Unique(rec)
 	c.mu.Lock()
 	w, ok := c.pending[u]
 	if ok {
@@ -538,35 +542,52 @@ func (c *Conn) deliver(frame []byte) {
 	c.mu.Unlock()
 	switch {
 	case ok:
+		frame := bufpool.Get(len(rec))
+		copy(frame, rec)
 		w.ch <- result{frame: frame}
 	case u&1 == 1:
-		c.interruptReply(u&^1, wire.Status(frame))
+		c.interruptReply(u&^1, wire.Status(rec))
 	default:
-		c.queueUnsolicited(frame)
+		c.queueUnsolicited(rec)
 	}
 }
 
 // queueUnsolicited hands frame to the handler's goroutine, within the
 // queue's bounds.
-func (c *Conn) queueUnsolicited(frame []byte) {
+// queuedAll is what every Conn's queue holds, for unsolBytesAll.
+var queuedAll atomic.Int64
+
+// queueUnsolicited hands a copy of rec to the handler's goroutine, within
+// the queue's bounds, which are checked before anything is copied.
+func (c *Conn) queueUnsolicited(rec []byte) {
 	if c.unsol == nil {
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("no-handler", "perfuse: unsolicited frame dropped: no handler", "unique", wire.Unique(frame))
+		c.warn.Warn("no-handler", "perfuse: unsolicited frame dropped: no handler", "unique", wire.Unique(rec))
 		return
 	}
-	if c.queued.Add(int64(len(frame))) > unsolBytes {
-		c.queued.Add(-int64(len(frame)))
+	size := int64(len(rec))
+	if c.queued.Add(size) > unsolBytes || queuedAll.Add(size) > unsolBytesAll {
+		c.unqueued(size)
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(frame))
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(rec))
 		return
 	}
+	frame := bufpool.Get(len(rec))
+	copy(frame, rec)
 	select {
 	case c.unsolQ <- frame:
 	default:
-		c.queued.Add(-int64(len(frame)))
+		c.unqueued(size)
+		bufpool.Put(frame)
 		c.droppedUnsol.Add(1)
-		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(frame))
+		c.warn.Warn("unsol-full", "perfuse: unsolicited frame dropped: handler queue full", "unique", wire.Unique(rec))
 	}
+}
+
+// unqueued takes size bytes off the queue's counts.
+func (c *Conn) unqueued(size int64) {
+	c.queued.Add(-size)
+	queuedAll.Add(-size)
 }
 
 // unsolicitedLoop runs the unsolicited-frame handler away from the reader,
@@ -576,7 +597,7 @@ func (c *Conn) unsolicitedLoop() {
 	for {
 		select {
 		case f := <-c.unsolQ:
-			c.queued.Add(-int64(len(f)))
+			c.unqueued(int64(len(f)))
 			c.unsolicited.Add(1)
 			c.unsol(f)
 		case <-c.done:
@@ -674,13 +695,22 @@ func (c *Conn) write(ctx context.Context, frame []byte) error {
 	if d, ok := ctx.Deadline(); ok {
 		c.f.SetWriteDeadline(d)
 	}
-	stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
+	// Cancelling ctx ends the wait through the deadline. The deadline is
+	// cleared only once that callback can no longer run, or has run:
+	// a stale past deadline would fail the next sender at once.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.f.SetWriteDeadline(time.Unix(1, 0))
+		close(fired)
+	})
 	var werr error
 	err = c.rc.Write(func(fd uintptr) bool {
 		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		return werr != unix.EAGAIN
 	})
-	stop()
+	if !stop() {
+		<-fired
+	}
 	c.f.SetWriteDeadline(time.Time{})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		c.sendTimeouts.Add(1)

@@ -591,3 +591,100 @@ func TestExchangeIntoRefusesATruncatedRecord(t *testing.T) {
 		t.Fatalf("record longer than its header: %v, want EPROTO", err)
 	}
 }
+
+// A context cancelled just as a slow send completes must not leave the
+// write deadline in the past: the next sender on a full socket, with no
+// deadline of its own, would fail at once and wait forever.
+func TestCancelledSendLeavesNoStaleDeadline(t *testing.T) {
+	c, peer := pair(t, Options{})
+	frame := request(wire.OpRead, 2, 1, make([]byte, 100))
+	buf := make([]byte, 1<<16)
+	stale := 0
+	for i := 0; i < 1000; i++ {
+		for c.sendNow(frame) == nil {
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.write(ctx, frame) }()
+		time.Sleep(50 * time.Microsecond)
+		if i%2 == 0 {
+			cancel()
+			unix.Read(peer, buf) // room for one
+		} else {
+			go unix.Read(peer, make([]byte, 1<<16))
+			for j := 0; j < i%50; j++ {
+			}
+			cancel()
+		}
+		<-done
+		time.Sleep(200 * time.Microsecond)
+		for { // drain
+			if _, _, err := unix.Recvfrom(peer, buf, unix.MSG_DONTWAIT); err != nil {
+				break
+			}
+		}
+		if _, err := c.f.Write(frame); errors.Is(err, os.ErrDeadlineExceeded) {
+			stale++
+			// Consequence: the next slow-path Exchange without a deadline.
+			for c.sendNow(frame) == nil {
+			}
+			ch := exchange(c, context.Background(), request(wire.OpRead, 1000, 1, nil))
+			time.Sleep(100 * time.Millisecond)
+			for { // room again, and answer whatever comes
+				n, _, err := unix.Recvfrom(peer, buf, unix.MSG_DONTWAIT)
+				if err != nil {
+					break
+				}
+				if n >= 16 && le.Uint64(buf[8:]) == 1000 {
+					unix.Write(peer, reply(1000, 0, nil))
+				}
+			}
+			select {
+			case r := <-ch:
+				t.Logf("exchange returned %v", r.err)
+			case <-time.After(3 * time.Second):
+				t.Fatalf("round %d: Exchange(Background) still blocked 3s after the socket has room: request never sent", i)
+			}
+			c.f.SetWriteDeadline(time.Time{})
+		}
+		unix.Recvfrom(peer, buf, unix.MSG_DONTWAIT)
+	}
+	t.Logf("stale write deadline left behind in %d of 1000 rounds", stale)
+	if stale > 0 {
+		// Now show the consequence: a slow-path Exchange with no deadline.
+		t.Errorf("stale deadline seen %d times", stale)
+	}
+}
+
+// The unsolicited queues of all connections together are bounded too: a
+// user who opens many mounts on one relay cannot multiply the cap.
+func TestUnsolicitedFloodIsBoundedAcrossConnections(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	big := reply(0, 4, make([]byte, 60000))
+	var conns []*Conn
+	for range 24 {
+		c, peer := pair(t, Options{Unsolicited: func([]byte) { <-release }})
+		conns = append(conns, c)
+		go func() {
+			for range 100 {
+				unix.Write(peer, big)
+			}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		dropped := int64(0)
+		for _, c := range conns {
+			dropped += c.Stats().DroppedUnsolic
+		}
+		if dropped > 0 && queuedAll.Load() >= unsolBytesAll-int64(len(big)) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if q := queuedAll.Load(); q > unsolBytesAll {
+		t.Fatalf("%d bytes queued across connections, cap %d", q, unsolBytesAll)
+	}
+	t.Logf("%d MB queued across %d connections", queuedAll.Load()>>20, len(conns))
+}
