@@ -101,8 +101,12 @@ const (
 // payload) and, once the exchange is done, the reply frame (out header and
 // payload), in one object as libperfuse's perfuse_msg_t has them.
 type Message struct {
-	in  []byte
-	out []byte
+	in []byte
+	// tail is the request's data after in (a WRITE's), kept apart so that
+	// the socket transport sends both by one writev without copying it;
+	// Request joins them for any other transport.
+	tail []byte
+	out  []byte
 	// dst is where a READ wants its reply's payload; a transport that can
 	// receives it there in place, and payload is then dst's filled part
 	// (out holds the header alone).
@@ -151,7 +155,12 @@ func releaseMessage(m *Message) {
 }
 
 // Request returns the request frame as sent on the wire.
-func (m *Message) Request() []byte { return m.in }
+func (m *Message) Request() []byte {
+	if m.tail != nil {
+		m.in, m.tail = append(m.in[:len(m.in):len(m.in)], m.tail...), nil
+	}
+	return m.in
+}
 
 // InHeader returns the request's header, in place, or nil for a message
 // that holds only a reply (an unsolicited frame).
@@ -167,7 +176,7 @@ func (m *Message) InPayload() []byte {
 	if len(m.in) < inHeaderSize {
 		return nil
 	}
-	return m.in[inHeaderSize:]
+	return m.Request()[inHeaderSize:]
 }
 
 // Opcode returns the request's opcode, 0 when there is no request.

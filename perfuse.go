@@ -464,7 +464,7 @@ func (u *Usermount) logExchange(m *Message, err error) {
 		u.log.Info("perfuse: exchange", "unique", h.Unique, "nodeid", h.NodeId, "opcode", Opcode(h.Opcode), "err", err)
 	}
 	if d&DiagDump != 0 {
-		u.log.Info("perfuse: frames", "request", fmt.Sprintf("% x", m.in), "reply", fmt.Sprintf("% x", m.out))
+		u.log.Info("perfuse: frames", "request", fmt.Sprintf("% x", m.Request()), "reply", fmt.Sprintf("% x", m.out))
 	}
 }
 

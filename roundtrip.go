@@ -86,12 +86,16 @@ func (u *Usermount) newReq(op Opcode, n *Node, cred *Cred, fix []byte, names []s
 	if inHeaderSize+size > u.maxRequest() {
 		return nil, fmt.Errorf("perfuse: %s of %d bytes: %w", op, inHeaderSize+size, syscall.E2BIG)
 	}
-	m := u.newMsg(op, n, size, cred)
-	b := m.InPayload()
+	m := u.newMsg(op, n, size-len(tail), cred)
+	b := m.in[inHeaderSize:]
 	off := copy(b, fix)
 	for _, s := range names {
 		off += copy(b[off:], s) + 1
 	}
-	copy(b[off:], tail)
+	if len(tail) > 0 {
+		// Sent after the rest, not copied into it (Message.tail).
+		m.tail = tail
+		m.InHeader().Length += uint32(len(tail))
+	}
 	return m, nil
 }

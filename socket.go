@@ -45,7 +45,15 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	cb.DestroyMsg = releaseMessage
 	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
 		if wait == NoReply {
-			return conn.Send(ctx, m.Request())
+			return conn.SendTail(ctx, m.in, m.tail)
+		}
+		if m.tail != nil {
+			reply, err := conn.ExchangeTail(ctx, m.in, m.tail)
+			if err != nil {
+				return err
+			}
+			m.SetReply(reply)
+			return nil
 		}
 		if m.dst != nil {
 			reply, inPlace, err := conn.ExchangeInto(ctx, m.Request(), m.dst)

@@ -250,7 +250,11 @@ func (c *Conn) Close() error {
 // Send sends a request that gets no reply (FORGET, BATCH_FORGET,
 // NOTIFY_REPLY). A reply that comes anyway is unsolicited. Without a
 // deadline in ctx the send gives up after DefaultSendTimeout.
-func (c *Conn) Send(ctx context.Context, frame []byte) error {
+func (c *Conn) Send(ctx context.Context, frame []byte) error { return c.SendTail(ctx, frame, nil) }
+
+// SendTail is Send of the frame head followed by tail (its data), sent
+// as one record by one writev: the data is not copied into the frame.
+func (c *Conn) SendTail(ctx context.Context, head, tail []byte) error {
 	if err := c.Err(); err != nil {
 		return err
 	}
@@ -259,7 +263,7 @@ func (c *Conn) Send(ctx context.Context, frame []byte) error {
 		ctx, cancel = context.WithTimeout(ctx, DefaultSendTimeout)
 		defer cancel()
 	}
-	return c.write(ctx, frame)
+	return c.write(ctx, head, tail)
 }
 
 // Exchange sends a request and waits for the frame that answers it,
@@ -269,7 +273,14 @@ func (c *Conn) Send(ctx context.Context, frame []byte) error {
 // answer, then returns the context's error; a reply that comes after that
 // goes to the unsolicited handler.
 func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
-	r := c.exchange(ctx, frame, nil)
+	r := c.exchange(ctx, frame, nil, nil)
+	return r.frame, r.err
+}
+
+// ExchangeTail is Exchange of the frame head followed by tail (a WRITE's
+// data), sent as one record by one writev: the data is not copied.
+func (c *Conn) ExchangeTail(ctx context.Context, head, tail []byte) ([]byte, error) {
+	r := c.exchange(ctx, head, tail, nil)
 	return r.frame, r.err
 }
 
@@ -280,11 +291,11 @@ func (c *Conn) Exchange(ctx context.Context, frame []byte) ([]byte, error) {
 // dst[:len-16], len from the header). Otherwise reply is the whole frame,
 // as Exchange returns it.
 func (c *Conn) ExchangeInto(ctx context.Context, frame, dst []byte) (reply []byte, inPlace bool, err error) {
-	r := c.exchange(ctx, frame, dst)
+	r := c.exchange(ctx, frame, nil, dst)
 	return r.frame, r.inPlace, r.err
 }
 
-func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
+func (c *Conn) exchange(ctx context.Context, frame, tail, dst []byte) result {
 	if len(frame) < inHeaderSize {
 		return result{err: fmt.Errorf("transport: request of %d bytes: %w", len(frame), syscall.EINVAL)}
 	}
@@ -312,7 +323,7 @@ func (c *Conn) exchange(ctx context.Context, frame, dst []byte) result {
 	}
 	c.mu.Unlock()
 
-	if err := c.write(ctx, frame); err != nil {
+	if err := c.write(ctx, frame, tail); err != nil {
 		if c.forget(unique, w) {
 			putWaiter(w)
 		}
@@ -617,7 +628,7 @@ func (c *Conn) interrupt(unique uint64, w *waiter) {
 		return
 	}
 	f := wire.Interrupt(unique)
-	err := c.sendNow(f)
+	err := c.sendNow(f, nil)
 	switch {
 	case err == nil:
 		c.interrupts.Add(1)
@@ -657,7 +668,7 @@ func (c *Conn) interruptReply(unique uint64, status int32) {
 }
 
 // sendNow makes one non-blocking attempt to send frame.
-func (c *Conn) sendNow(frame []byte) error {
+func (c *Conn) sendNow(frame, tail []byte) error {
 	c.closeMu.RLock()
 	defer c.closeMu.RUnlock()
 	if c.closed {
@@ -665,7 +676,12 @@ func (c *Conn) sendNow(frame []byte) error {
 	}
 	// The descriptor is non-blocking; a peer gone gives EPIPE (Go ignores
 	// SIGPIPE but for standard output and error).
-	_, err := unix.Write(c.fd, frame)
+	var err error
+	if tail == nil {
+		_, err = unix.Write(c.fd, frame)
+	} else {
+		_, err = unix.Writev(c.fd, [][]byte{frame, tail})
+	}
 	return err
 }
 
@@ -673,13 +689,14 @@ func (c *Conn) sendNow(frame []byte) error {
 // allows is an error for that caller (upstream retried it forever); a dead
 // peer fails the connection. On a full socket the sender waits for room
 // through the runtime poller, until ctx ends.
-func (c *Conn) write(ctx context.Context, frame []byte) error {
-	if len(frame) > c.maxSend {
-		return fmt.Errorf("transport: frame of %d bytes exceeds the socket's %d: %w", len(frame), c.maxSend, syscall.EMSGSIZE)
+func (c *Conn) write(ctx context.Context, frame, tail []byte) error {
+	size := len(frame) + len(tail)
+	if size > c.maxSend {
+		return fmt.Errorf("transport: frame of %d bytes exceeds the socket's %d: %w", size, c.maxSend, syscall.EMSGSIZE)
 	}
-	err := c.sendNow(frame)
+	err := c.sendNow(frame, tail)
 	if !errors.Is(err, unix.EAGAIN) {
-		return c.sendResult(err, len(frame))
+		return c.sendResult(err, size)
 	}
 	// A slow or hung daemon. One sender at a time waits for room, owning
 	// the write deadline; the others queue behind it on their contexts.
@@ -705,7 +722,7 @@ func (c *Conn) write(ctx context.Context, frame []byte) error {
 	})
 	var werr error
 	err = c.rc.Write(func(fd uintptr) bool {
-		_, werr = unix.SendmsgN(int(fd), frame, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		_, werr = unix.SendmsgBuffers(int(fd), [][]byte{frame, tail}, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		return werr != unix.EAGAIN
 	})
 	if !stop() {
@@ -723,7 +740,7 @@ func (c *Conn) write(ctx context.Context, frame []byte) error {
 	if err == nil {
 		err = werr
 	}
-	return c.sendResult(err, len(frame))
+	return c.sendResult(err, size)
 }
 
 func (c *Conn) sendResult(err error, size int) error {

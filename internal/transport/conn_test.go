@@ -601,11 +601,11 @@ func TestCancelledSendLeavesNoStaleDeadline(t *testing.T) {
 	buf := make([]byte, 1<<16)
 	stale := 0
 	for i := 0; i < 1000; i++ {
-		for c.sendNow(frame) == nil {
+		for c.sendNow(frame, nil) == nil {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- c.write(ctx, frame) }()
+		go func() { done <- c.write(ctx, frame, nil) }()
 		time.Sleep(50 * time.Microsecond)
 		if i%2 == 0 {
 			cancel()
@@ -626,7 +626,7 @@ func TestCancelledSendLeavesNoStaleDeadline(t *testing.T) {
 		if _, err := c.f.Write(frame); errors.Is(err, os.ErrDeadlineExceeded) {
 			stale++
 			// Consequence: the next slow-path Exchange without a deadline.
-			for c.sendNow(frame) == nil {
+			for c.sendNow(frame, nil) == nil {
 			}
 			ch := exchange(c, context.Background(), request(wire.OpRead, 1000, 1, nil))
 			time.Sleep(100 * time.Millisecond)
