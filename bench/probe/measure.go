@@ -17,7 +17,7 @@ func fstatLatency(path string, d time.Duration) (float64, error) {
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
-	n, el, err := loop(d, func() (int, error) { return 1, unix.Fstat(fd, &st) })
+	n, el, err := loop(d, func() (int, error) { return 1, retry(func() error { return unix.Fstat(fd, &st) }) })
 	if err != nil {
 		return 0, fmt.Errorf("fstat %s: %w", path, err)
 	}
@@ -37,15 +37,30 @@ func createRate(dir string, d time.Duration) (float64, error) {
 	n, el, err := loop(d, func() (int, error) {
 		i++
 		name := fmt.Sprintf("f%d", i)
-		fd, err := unix.Openat(dfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+		// No O_EXCL: a CREATE interrupted after it reached the daemon
+		// may have made the file, and is tried again.
+		var fd int
+		err := retry(func() (err error) {
+			fd, err = unix.Openat(dfd, name, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+			return err
+		})
 		if err != nil {
 			return 0, err
 		}
 		unix.Close(fd)
-		if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := retry(func() error { return unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
 			return 0, err
 		}
-		return 1, unix.Unlinkat(dfd, name, 0)
+		interrupted := false
+		err = retry(func() error {
+			err := unix.Unlinkat(dfd, name, 0)
+			if err == unix.ENOENT && interrupted {
+				return nil // the interrupted UNLINK did it
+			}
+			interrupted = err == unix.EINTR
+			return err
+		})
+		return 1, err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("create in %s: %w", dir, err)
@@ -68,7 +83,7 @@ func readdirRate(dir string, d time.Duration) (float64, error) {
 			return 0, err
 		}
 		for _, name := range names {
-			if err := unix.Fstatat(int(f.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := retry(func() error { return unix.Fstatat(int(f.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
 				return 0, err
 			}
 		}
@@ -96,4 +111,15 @@ func loop(d time.Duration, step func() (int, error)) (n int, el time.Duration, e
 		return 0, 0, fmt.Errorf("nothing to count")
 	}
 	return n, el, nil
+}
+
+// retry calls f again while it fails with EINTR, as package os does: a
+// FUSE request interrupted by a signal (Go's runtime sends them) may end
+// with EINTR when the daemon or relay honours the interrupt.
+func retry(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
 }
