@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -94,5 +95,54 @@ func TestRunSmoke(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("left behind in %s: %v", tmp, left)
+	}
+}
+
+// TestRunGo runs "bench/run --go" once per benchmark (BENCHTIME=1x): every
+// benchmark of both packages is reported with its allocations, on whole
+// lines, with none of the test daemons' log lines in between.
+func TestRunGo(t *testing.T) {
+	kerneltest.NeedMount(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	list, err := exec.CommandContext(ctx, "go", "test", "-list", "^Benchmark", "..", "../internal/kernel").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test -list: %v\n%s", err, list)
+	}
+	var names []string
+	for _, l := range strings.Fields(string(list)) {
+		if strings.HasPrefix(l, "Benchmark") {
+			names = append(names, l)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatalf("go test -list found no benchmarks:\n%s", list)
+	}
+	cmd := exec.CommandContext(ctx, "bash", "run", "--go")
+	cmd.Env = append(os.Environ(), "BENCHTIME=1x")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench/run --go: %v\n%s", err, out)
+	}
+	lines := strings.Split(string(out), "\n")
+	for _, name := range names {
+		found := false
+		for _, l := range lines {
+			if f := strings.Fields(l); len(f) > 0 && (strings.HasPrefix(f[0], name+"-") || strings.HasPrefix(f[0], name+"/")) {
+				found = true
+				if !strings.Contains(l, " ns/op") || !strings.Contains(l, " allocs/op") {
+					t.Errorf("%s: broken line %q", name, l)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s not reported:\n%s", name, out)
+		}
+	}
+	logLine := regexp.MustCompile(`\d{4}/\d\d/\d\d \d\d:\d\d:\d\d|--- BENCH|gofusepeer\.go`)
+	for _, l := range lines {
+		if logLine.MatchString(l) {
+			t.Errorf("log line left in the report: %q", l)
+		}
 	}
 }
