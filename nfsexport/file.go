@@ -15,6 +15,7 @@ type openFile struct {
 	f     *fsys
 	r     *ref
 	h     *perfuse.Handle
+	path  string // as opened, for errors
 	off   int64
 	wrote bool
 }
@@ -35,7 +36,7 @@ func (o *openFile) ReadAt(p []byte, off int64) (int, error) {
 	s := o.f.s
 	n, err := s.u.NodeRead(s.ctx, s.cred, o.h, p, off)
 	if err != nil {
-		return n, pathError("read", o.r.name, err)
+		return n, pathError("read", o.path, err)
 	}
 	if n < len(p) {
 		return n, io.EOF
@@ -52,7 +53,7 @@ func (o *openFile) Write(p []byte) (int, error) {
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
 	}
-	return n, pathError("write", o.r.name, err)
+	return n, pathError("write", o.path, err)
 }
 
 func (o *openFile) Seek(off int64, whence int) (int64, error) {
@@ -62,12 +63,12 @@ func (o *openFile) Seek(off int64, whence int) (int64, error) {
 	case io.SeekEnd:
 		a, err := o.f.s.attr(o.r)
 		if err != nil {
-			return 0, pathError("seek", o.r.name, err)
+			return 0, pathError("seek", o.path, err)
 		}
 		off += int64(a.Size)
 	}
 	if off < 0 {
-		return 0, pathError("seek", o.r.name, syscall.EINVAL)
+		return 0, pathError("seek", o.path, syscall.EINVAL)
 	}
 	o.off = off
 	return off, nil
@@ -102,8 +103,8 @@ func (o *openFile) Close() error {
 	if o.wrote {
 		s.table.stale(o.r)
 	}
-	return pathError("close", o.r.name, err)
+	return pathError("close", o.path, err)
 }
 
-func (o *openFile) Lock() error   { return pathError("lock", o.r.name, syscall.ENOTSUP) }
-func (o *openFile) Unlock() error { return pathError("unlock", o.r.name, syscall.ENOTSUP) }
+func (o *openFile) Lock() error   { return pathError("lock", o.path, syscall.ENOTSUP) }
+func (o *openFile) Unlock() error { return pathError("unlock", o.path, syscall.ENOTSUP) }

@@ -2,7 +2,6 @@ package nfsexport
 
 import (
 	"encoding/hex"
-	"fmt"
 	"os"
 	"path"
 	"strconv"
@@ -115,7 +114,7 @@ func (f *fsys) split(p string) (*ref, string, error) {
 	return d, name, err
 }
 
-func (f *fsys) Stat(p string) (os.FileInfo, error)  { return f.Lstat(p) }
+func (f *fsys) Stat(p string) (os.FileInfo, error) { return f.Lstat(p) }
 func (f *fsys) Lstat(p string) (os.FileInfo, error) {
 	r, err := f.resolve(p)
 	if err != nil {
@@ -137,7 +136,19 @@ func (f *fsys) Open(p string) (billy.File, error) { return f.OpenFile(p, os.O_RD
 // OpenFile opens p. With O_CREATE it makes p if missing, but never
 // truncates it: go-nfs creates through here, and NFS's CREATE truncates
 // only when the client asks for size 0, which comes as a SETATTR.
+//
+// Errors of an open for writing carry their NFS status (go-nfs sends those
+// of SETATTR's truncation on unchanged); those of an open for reading are
+// *os.PathError values, which go-nfs's READ tells apart.
 func (f *fsys) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error) {
+	o, err := f.openFile(p, flag, perm)
+	if err != nil && flag&(os.O_WRONLY|os.O_RDWR|os.O_CREATE) != 0 {
+		err = statusError(err)
+	}
+	return o, err
+}
+
+func (f *fsys) openFile(p string, flag int, perm os.FileMode) (billy.File, error) {
 	if flag&(os.O_WRONLY|os.O_RDWR|os.O_CREATE|os.O_TRUNC) != 0 && f.s.ro {
 		return nil, pathError("open", p, syscall.EROFS)
 	}
@@ -152,7 +163,7 @@ func (f *fsys) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error
 			return nil, pathError("create", p, err)
 		}
 		r := f.s.table.hold(e, dir, name)
-		return &openFile{f: f, r: r, h: h}, nil
+		return &openFile{f: f, r: r, h: h, path: p}, nil
 	}
 	r, err := f.resolve(p)
 	if err != nil {
@@ -162,7 +173,7 @@ func (f *fsys) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error
 	if err != nil {
 		return nil, pathError("open", p, err)
 	}
-	return &openFile{f: f, r: r, h: h}, nil
+	return &openFile{f: f, r: r, h: h, path: p}, nil
 }
 
 func (f *fsys) Rename(from, to string) error {
@@ -343,7 +354,7 @@ func (f *fsys) setattr(p string, in *fuse.SetAttrIn) error {
 	}
 	out, err := f.s.u.NodeSetattr(f.s.ctx, f.s.cred, r.node, nil, in)
 	if err != nil {
-		return statusError(fmt.Errorf("setattr %s: %w", r.name, err))
+		return statusError(pathError("setattr", p, err))
 	}
 	f.s.table.setAttr(r, out)
 	return nil

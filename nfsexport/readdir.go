@@ -2,9 +2,9 @@ package nfsexport
 
 import (
 	"context"
-	"errors"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"os"
 	"sync"
 	"syscall"

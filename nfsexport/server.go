@@ -133,6 +133,7 @@ func (s *Server) Serve(l net.Listener) error {
 	select {
 	case <-s.u.Done():
 		err = fmt.Errorf("nfsexport: the daemon's session ended: %w", syscall.ENOTCONN)
+		s.drain()
 		s.shutdown()
 		<-errc
 	case err = <-errc:
@@ -167,14 +168,52 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) shutdown() {
-	s.cancel()
+// drainTime is how long connections are kept after the daemon's session
+// ended, so that clients get errors for their requests (NFS3ERR_IO) rather
+// than a dropped connection, on which clients such as libnfs reconnect
+// and retry without end.
+const drainTime = 3 * time.Second
+
+// drain stops accepting connections and waits up to drainTime for the
+// clients to leave.
+func (s *Server) drain() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, l := range s.lis {
 		l.Close()
 	}
+	s.mu.Unlock()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	end := time.After(drainTime)
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-end:
+			return
+		}
+	}
+}
+
+func (s *Server) shutdown() {
+	s.cancel()
+	s.mu.Lock()
+	lis := s.lis
+	conns := make([]net.Conn, 0, len(s.conns))
 	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	// Closing a connection takes mu itself.
+	for _, l := range lis {
+		l.Close()
+	}
+	for _, c := range conns {
 		c.Close()
 	}
 }
