@@ -169,6 +169,11 @@ func (f *fsys) openFile(p string, flag int, perm os.FileMode) (billy.File, error
 	if err != nil {
 		return nil, pathError("open", p, err)
 	}
+	if r.node.IsDir() {
+		// As open(2); and go-nfs's SETATTR would not close the directory
+		// after its truncation failed.
+		return nil, pathError("open", p, syscall.EISDIR)
+	}
 	h, err := f.s.u.NodeOpen(f.s.ctx, f.s.cred, r.node, flag)
 	if err != nil {
 		return nil, pathError("open", p, err)

@@ -220,3 +220,16 @@ func attachConn(t testing.TB, conn *os.File) *perfuse.Usermount {
 	t.Cleanup(func() { u.Unmount(context.Background()) })
 	return u
 }
+
+// balanced checks that s left no open in the daemon and, once closed, no
+// lookup.
+func balanced(t testing.TB, u *perfuse.Usermount, s *Server) {
+	t.Helper()
+	if n := u.OpenHandles(); n != 0 {
+		t.Errorf("%d opens left in the daemon", n)
+	}
+	s.Close()
+	if n := u.NodeCount(); n != 1 {
+		t.Errorf("after Close %d nodes keep lookups; want the root only", n)
+	}
+}

@@ -112,7 +112,6 @@ func TestLibnfsLoopback(t *testing.T) {
 	wg.Wait()
 }
 
-
 func TestLibnfsSquashfuse(t *testing.T) {
 	need(t, "squashfuse", "squashfuse")
 	mksquashfs := need(t, "mksquashfs", "squashfs-tools")
