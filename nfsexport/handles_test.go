@@ -148,4 +148,3 @@ func idOf(t *testing.T, h []byte) uint64 {
 	}
 	return id
 }
-

@@ -250,3 +250,30 @@ func size(path string) int64 {
 	}
 	return fi.Size()
 }
+
+// On loopback only root and the serving user get in: another user of the
+// machine would act as the export's user.
+func TestLoopbackRefusesOtherUsers(t *testing.T) {
+	if os.Getuid() != 0 {
+		skipOrFail(t, "running a client as another user needs root")
+	}
+	backing := publicDir(t)
+	os.WriteFile(filepath.Join(backing, "f"), []byte("secret\n"), 0o644)
+	chownTree(t, backing)
+	e := startExport(t, false, filepath.Join(binaries(t), "loopback"), "/dev/fd/3", backing)
+	if got := mustLibnfs(t, "nfs-cat", e.url("f")); got != "secret\n" {
+		t.Errorf("root's nfs-cat = %q", got)
+	}
+	other := exec.Command(need(t, "setpriv", "util-linux"), "--reuid=1234", "--regid=1234", "--clear-groups",
+		need(t, "nfs-cat", "libnfs-utils"), e.url("f"))
+	other.WaitDelay = time.Second
+	timer := time.AfterFunc(30*time.Second, func() { other.Process.Kill() })
+	defer timer.Stop()
+	out, err := other.CombinedOutput()
+	if err == nil || strings.Contains(string(out), "secret") {
+		t.Errorf("uid 1234's nfs-cat: %v, %q; want refused", err, out)
+	}
+	if !strings.Contains(e.stderr.String(), "refused a loopback connection") || !strings.Contains(e.stderr.String(), "uid=1234") {
+		t.Errorf("nfsserve said %q; want the refusal of uid 1234", e.stderr.String())
+	}
+}

@@ -68,6 +68,7 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	lis    []net.Listener
 	closed bool
+	warned map[uint32]bool // users refused on loopback, warned about
 }
 
 // New returns a server for the session u. The server does not own u: the
@@ -241,18 +242,44 @@ type listener struct {
 }
 
 func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ok, uid := allowedPeer(c); !ok {
+			l.s.refused(uid)
+			c.Close()
+			continue
+		}
+		return l.s.track(c)
 	}
-	l.s.mu.Lock()
-	defer l.s.mu.Unlock()
-	if l.s.closed || l.s.ctx.Err() != nil {
+}
+
+// refused warns once per user of a connection refused on loopback.
+func (s *Server) refused(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.warned == nil {
+		s.warned = map[uint32]bool{}
+	}
+	if s.warned[uid] || len(s.warned) >= 64 {
+		return
+	}
+	s.warned[uid] = true
+	s.log.Warn("nfsexport: refused a loopback connection of another user", "uid", uid)
+}
+
+// track records c, for shutdown to close.
+func (s *Server) track(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.ctx.Err() != nil {
 		c.Close()
 		return nil, net.ErrClosed
 	}
-	tc := &conn{Conn: c, s: l.s}
-	l.s.conns[tc] = struct{}{}
+	tc := &conn{Conn: c, s: s}
+	s.conns[tc] = struct{}{}
 	return tc, nil
 }
 
