@@ -21,8 +21,7 @@ import (
 
 // The export driven by libnfs's command-line tools (nfs-cp, nfs-cat,
 // nfs-ls), an NFS client independent of go-nfs, with the server run as
-// nobody (uid 65534) by the nfsserve command, which is what "perfuse nfs"
-// runs.
+// nobody (uid 65534): "perfuse nfs".
 
 // nobody is the unprivileged user the servers run as.
 const nobody = 65534
@@ -33,7 +32,7 @@ var (
 	buildErr  error
 )
 
-// binaries builds nfsserve and go-fuse's loopback example into a directory
+// binaries builds the perfuse command and go-fuse's loopback example into a directory
 // nobody can read, once per test binary.
 func binaries(t *testing.T) string {
 	t.Helper()
@@ -45,7 +44,7 @@ func binaries(t *testing.T) string {
 		os.Chmod(binDir, 0o755)
 		goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 		for name, pkg := range map[string]string{
-			"nfsserve": "github.com/perfuse-go/perfuse/nfsexport/internal/nfsserve",
+			"perfuse":  "github.com/perfuse-go/perfuse/cmd/perfuse",
 			"loopback": "github.com/hanwen/go-fuse/v2/example/loopback",
 		} {
 			out, err := exec.Command(goTool, "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
@@ -120,7 +119,7 @@ func chownTree(t *testing.T, dir string) {
 	}
 }
 
-// exportProc is an nfsserve process.
+// exportProc is a "perfuse nfs" process.
 type exportProc struct {
 	cmd    *exec.Cmd
 	port   int
@@ -129,7 +128,7 @@ type exportProc struct {
 	err    error
 }
 
-// startExport runs nfsserve as nobody on a free loopback port, serving
+// startExport runs "perfuse nfs" as nobody on a free loopback port, serving
 // the daemon argv (its mountpoint /dev/fd/3), and stops it at cleanup.
 func startExport(t *testing.T, ro bool, argv ...string) *exportProc {
 	t.Helper()
@@ -138,23 +137,36 @@ func startExport(t *testing.T, ro bool, argv ...string) *exportProc {
 	}
 	setpriv := need(t, "setpriv", "util-linux")
 	args := []string{fmt.Sprintf("--reuid=%d", nobody), fmt.Sprintf("--regid=%d", nobody), "--clear-groups",
-		filepath.Join(binaries(t), "nfsserve"), "-addr", "127.0.0.1:0"}
+		filepath.Join(binaries(t), "perfuse"), "nfs", "-addr", "127.0.0.1:0"}
 	if ro {
 		args = append(args, "-ro")
 	}
 	args = append(append(args, "--"), argv...)
 	e := &exportProc{cmd: exec.Command(setpriv, args...), done: make(chan struct{})}
-	e.cmd.Stderr = &e.stderr
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	e.cmd.Dir = "/"
-	out, err := e.cmd.StdoutPipe()
+	stderr, err := e.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// The first line is the address; all of it is kept.
+	line := make(chan string, 1)
+	copied := make(chan struct{})
 	go func() {
+		defer close(copied)
+		s := bufio.NewScanner(stderr)
+		for s.Scan() {
+			e.stderr.Write([]byte(s.Text() + "\n"))
+			if a, ok := strings.CutPrefix(s.Text(), "serving nfs "); ok {
+				line <- a
+			}
+		}
+	}()
+	go func() {
+		<-copied
 		e.err = e.cmd.Wait()
 		close(e.done)
 	}()
@@ -163,30 +175,24 @@ func startExport(t *testing.T, ro bool, argv ...string) *exportProc {
 		select {
 		case <-e.done:
 		case <-time.After(10 * time.Second):
-			t.Errorf("nfsserve still running 10 s after SIGTERM; killing it")
+			t.Errorf("perfuse nfs still running 10 s after SIGTERM; killing it")
 			e.cmd.Process.Kill()
 			<-e.done
 		}
 		if t.Failed() {
-			t.Logf("nfsserve (%v) said:\n%s", e.err, e.stderr.String())
+			t.Logf("perfuse nfs (%v) said:\n%s", e.err, e.stderr.String())
 		}
 	})
-	line := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(out)
-		if s.Scan() {
-			line <- s.Text()
-		}
-		close(line)
-	}()
 	select {
-	case l := <-line:
-		addr, ok := strings.CutPrefix(l, "nfs 127.0.0.1:")
-		if e.port, err = strconv.Atoi(addr); !ok || err != nil {
-			t.Fatalf("nfsserve said %q, then %s", l, e.stderr.String())
+	case a := <-line:
+		port, ok := strings.CutPrefix(a, "127.0.0.1:")
+		if e.port, err = strconv.Atoi(port); !ok || err != nil {
+			t.Fatalf("perfuse nfs serves on %q", a)
 		}
+	case <-e.done:
+		t.Fatalf("perfuse nfs ended (%v): %s", e.err, e.stderr.String())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("nfsserve did not start in 30 s: %s", e.stderr.String())
+		t.Fatalf("perfuse nfs did not start in 30 s: %s", e.stderr.String())
 	}
 	return e
 }

@@ -216,11 +216,11 @@ func TestLibnfsDaemonKilledMidCopy(t *testing.T) {
 	select {
 	case <-e.done:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("nfsserve still running 10 s after its daemon died")
+		t.Fatalf("perfuse nfs still running 10 s after its daemon died")
 	}
 	var exit *exec.ExitError
 	if !errors.As(e.err, &exit) || exit.ExitCode() != 1 || !strings.Contains(e.stderr.String(), "session ended") {
-		t.Errorf("nfsserve ended with %v, saying %q; want status 1 and the session's end", e.err, e.stderr.String())
+		t.Errorf("perfuse nfs ended with %v, saying %q; want status 1 and the session's end", e.err, e.stderr.String())
 	}
 }
 
@@ -274,6 +274,6 @@ func TestLoopbackRefusesOtherUsers(t *testing.T) {
 		t.Errorf("uid 1234's nfs-cat: %v, %q; want refused", err, out)
 	}
 	if !strings.Contains(e.stderr.String(), "refused a loopback connection") || !strings.Contains(e.stderr.String(), "uid=1234") {
-		t.Errorf("nfsserve said %q; want the refusal of uid 1234", e.stderr.String())
+		t.Errorf("perfuse nfs said %q; want the refusal of uid 1234", e.stderr.String())
 	}
 }
