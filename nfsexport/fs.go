@@ -11,6 +11,7 @@ import (
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	nfs "github.com/willscott/go-nfs"
 	"github.com/willscott/go-nfs/file"
 )
 
@@ -426,4 +427,59 @@ func unixMode(m os.FileMode) uint32 {
 		u |= syscall.S_ISVTX
 	}
 	return u
+}
+
+// The nfs.UnixChange methods: LINK and MKNOD.
+
+var _ nfs.UnixChange = (*fsys)(nil)
+
+// Link makes link a new name of target, which go-nfs passes as the file
+// handle itself.
+func (f *fsys) Link(target, link string) error {
+	if f.s.ro {
+		return pathError("link", link, syscall.EROFS)
+	}
+	id, gen, ok := parseHandle(f.s.boot, []byte(target))
+	r := f.s.table.get(id, gen)
+	if !ok || r == nil {
+		return pathError("link", link, syscall.ESTALE)
+	}
+	dir, name, err := f.split(link)
+	if err != nil {
+		return pathError("link", link, err)
+	}
+	e, err := f.s.u.NodeLink(f.s.ctx, f.s.cred, r.node, dir.node, name)
+	if err != nil {
+		return pathError("link", link, err)
+	}
+	f.s.table.hold(e, dir, name)
+	return nil
+}
+
+func (f *fsys) Mkfifo(p string, mode uint32) error {
+	return f.mknod(p, syscall.S_IFIFO|mode&0o7777, 0)
+}
+
+func (f *fsys) Socket(p string) error { return f.mknod(p, syscall.S_IFSOCK|0o644, 0) }
+
+// Mknod is refused: go-nfs passes no file type, so a character device
+// could not be told from a block device.
+func (f *fsys) Mknod(p string, mode, major, minor uint32) error {
+	return pathError("mknod", p, syscall.ENOTSUP)
+}
+
+func (f *fsys) mknod(p string, mode, rdev uint32) error {
+	if f.s.ro {
+		return pathError("mknod", p, syscall.EROFS)
+	}
+	dir, name, err := f.split(p)
+	if err != nil {
+		return pathError("mknod", p, err)
+	}
+	e, err := f.s.u.NodeMknod(f.s.ctx, f.s.cred, dir.node, name, mode, rdev, 0)
+	if err != nil {
+		return pathError("mknod", p, err)
+	}
+	f.s.table.hold(e, dir, name)
+	return nil
 }
