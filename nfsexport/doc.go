@@ -37,7 +37,12 @@
 // and which reaches no handler here, has nothing left to do. READDIRPLUS is
 // served from FUSE READDIRPLUS when the daemon took it at INIT (the
 // entries' lookups become their handles' lookups), else from READDIR and a
-// LOOKUP per entry. Options.ReadOnly refuses changes on the server side
+// LOOKUP per entry. Names and attributes from the daemon are used for its
+// entry and attribute timeouts, but for at least a second (the span of one
+// NFS procedure, which resolves a path several times); a change made
+// through the export drops them at once, and one made behind it, in the
+// daemon's own backing store, shows within that second, well within the
+// seconds NFS clients cache attributes for. Options.ReadOnly refuses changes on the server side
 // with NFS3ERR_ROFS. Locks (NLM) and extended attributes are not served.
 //
 // # Errors
@@ -61,5 +66,6 @@
 // default address is loopback (DefaultAddr), and Listen warns for any
 // other. On loopback the kernel knows the client's user: only connections
 // from root and from the serving user are taken, so that other users of
-// the machine do not act as the export's user.
+// the machine do not act as the export's user. Mounting a subdirectory
+// is no boundary: its ".." leads on up the tree.
 package nfsexport

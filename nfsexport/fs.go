@@ -164,6 +164,7 @@ func (f *fsys) openFile(p string, flag int, perm os.FileMode) (billy.File, error
 			return nil, pathError("create", p, err)
 		}
 		r := f.s.table.hold(e, dir, name)
+		f.s.table.stale(dir)
 		return &openFile{f: f, r: r, h: h, path: p}, nil
 	}
 	r, err := f.resolve(p)
@@ -200,6 +201,8 @@ func (f *fsys) Rename(from, to string) error {
 	}
 	f.s.table.unname(od, on)
 	f.s.table.unname(nd, nn)
+	f.s.table.stale(od)
+	f.s.table.stale(nd)
 	if moving != nil {
 		f.s.table.moved(moving, nd, nn)
 	}
@@ -231,6 +234,7 @@ func (f *fsys) Remove(p string) error {
 		return pathError("remove", p, err)
 	}
 	f.s.table.unname(dir, name)
+	f.s.table.stale(dir)
 	if isDir || a.Nlink <= 1 {
 		// Its last name is gone: a handle to it is stale now.
 		f.s.table.drop(victim)
@@ -268,6 +272,7 @@ func (f *fsys) MkdirAll(p string, perm os.FileMode) error {
 		return pathError("mkdir", p, err)
 	}
 	f.s.table.hold(e, dir, name)
+	f.s.table.stale(dir) // its mtime changed
 	return nil
 }
 
@@ -284,6 +289,7 @@ func (f *fsys) Symlink(target, link string) error {
 		return pathError("symlink", link, err)
 	}
 	f.s.table.hold(e, dir, name)
+	f.s.table.stale(dir) // its mtime changed
 	return nil
 }
 
@@ -453,6 +459,7 @@ func (f *fsys) Link(target, link string) error {
 		return pathError("link", link, err)
 	}
 	f.s.table.hold(e, dir, name)
+	f.s.table.stale(dir) // its mtime changed
 	return nil
 }
 
@@ -481,5 +488,6 @@ func (f *fsys) mknod(p string, mode, rdev uint32) error {
 		return pathError("mknod", p, err)
 	}
 	f.s.table.hold(e, dir, name)
+	f.s.table.stale(dir) // its mtime changed
 	return nil
 }

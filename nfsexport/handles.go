@@ -23,7 +23,8 @@ type ref struct {
 	name   string
 	// entryUntil is how long parent/name may be taken for the node without
 	// asking the daemon again, and attrUntil the same for attr: the
-	// daemon's own entry and attribute timeouts, as the kernel uses them.
+	// daemon's own entry and attribute timeouts, as the kernel uses them,
+	// but at least minValid.
 	entryUntil time.Time
 	attr       fuse.Attr
 	attrUntil  time.Time
@@ -63,6 +64,18 @@ func newTable(u *perfuse.Usermount, max int, ttl time.Duration) *table {
 	return t
 }
 
+// minValid is the least time a name or attributes from the daemon are
+// used for: the span of one NFS procedure, in which go-nfs resolves the
+// same path several times (and a READDIRPLUS reply asks a handle for each
+// entry just listed), so that a daemon with timeouts of 0 gets one LOOKUP
+// or GETATTR per procedure, not three. NFS clients cache attributes for
+// seconds themselves; changes made through the export drop the cache.
+const minValid = time.Second
+
+// valid returns when something the daemon gave at now with timeout d
+// stops being used.
+func valid(now time.Time, d time.Duration) time.Time { return now.Add(max(d, minValid)) }
+
 // maxDepth bounds the walk up the parents when a ref is used: a loop of
 // parents (after renames) must not spin.
 const maxDepth = 256
@@ -82,9 +95,9 @@ func (t *table) hold(e *perfuse.Entry, dir *ref, name string) *ref {
 		t.refs[e.NodeId] = r
 	}
 	r.gen = e.Generation
-	r.attr, r.attrUntil = e.Attr, now.Add(e.AttrTimeout())
+	r.attr, r.attrUntil = e.Attr, valid(now, e.AttrTimeout())
 	if r != t.root {
-		t.place(r, dir.id(), name, now.Add(e.EntryTimeout()))
+		t.place(r, dir.id(), name, valid(now, e.EntryTimeout()))
 	}
 	t.touch(r, now)
 	victims := t.evict(now)
@@ -178,7 +191,7 @@ func (t *table) setAttr(r *ref, out *fuse.AttrOut) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	r.attr, r.attrUntil = out.Attr, now.Add(out.Timeout())
+	r.attr, r.attrUntil = out.Attr, valid(now, out.Timeout())
 }
 
 // stale makes r's attributes be fetched again: it was written to.
