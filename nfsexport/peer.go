@@ -29,7 +29,7 @@ func allowedPeer(c net.Conn) (bool, uint32) {
 	if err != nil {
 		return false, 0
 	}
-	return uid == 0 || uid == uint32(os.Geteuid()), uid
+	return uid == 0 || uid == uidSelf(), uid
 }
 
 // socketOwner finds the uid owning the TCP socket bound to local and
@@ -81,3 +81,5 @@ func procAddr6(a *net.TCPAddr) string {
 	fmt.Fprintf(&b, ":%04X", a.Port)
 	return b.String()
 }
+
+func uidSelf() uint32 { return uint32(os.Geteuid()) }
