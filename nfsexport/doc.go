@@ -58,6 +58,11 @@
 // NFS3ERR_ACCES for any failure. Its own checks before a call give
 // NFS3ERR_EXIST, NFS3ERR_NOTDIR and NFS3ERR_ROFS where they apply.
 //
+// go-nfs v0.0.4 also offers reads of up to 1 GiB in FSINFO but answers at
+// most 16 MiB per READ, marked as the end of the file when the request
+// reached it: a client asking more than 16 MiB in one READ would see the
+// file end early. Kernel clients and libnfs ask 1 MiB at most.
+//
 // # Security
 //
 // NFSv3 with AUTH_SYS has no authentication: the server believes the
