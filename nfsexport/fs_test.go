@@ -15,7 +15,7 @@ func TestLinkFifoSymlink(t *testing.T) {
 	u := loopback(t, dir)
 	s := New(u, Options{})
 	defer balanced(t, u, s)
-	h := s.ToHandle(s.root, []string{"a", "f"})
+	h := hd(s).ToHandle(s.root, []string{"a", "f"})
 	if err := s.root.Link(string(h), "a/g"); err != nil {
 		t.Fatalf("Link: %v", err)
 	}

@@ -31,25 +31,25 @@ func TestHandlesCapped(t *testing.T) {
 	defer s.Close()
 	var hs [][]byte
 	for _, p := range [][]string{{"a"}, {"a", "b"}, {"a", "b", "z"}} {
-		hs = append(hs, s.ToHandle(s.root, p))
+		hs = append(hs, hd(s).ToHandle(s.root, p))
 	}
 	n := u.NodeByID(s.table.byID(idOf(t, hs[2])).id())
 	if got := u.Lookups(n); got != 1 {
 		t.Errorf("a held handle's node has %d lookups; want 1", got)
 	}
 	// One more: a/b/z, the least recently used, goes; not a or a/b.
-	s.ToHandle(s.root, []string{"b"})
+	hd(s).ToHandle(s.root, []string{"b"})
 	if got := s.Handles(); got != 3 {
 		t.Errorf("%d handles held; want the cap, 3", got)
 	}
-	if _, _, err := s.FromHandle(hs[2]); !stale(err) {
+	if _, _, err := hd(s).FromHandle(hs[2]); !stale(err) {
 		t.Errorf("the evicted handle: %v; want NFS3ERR_STALE", err)
 	}
 	if u.NodeByID(n.ID()) != nil {
 		t.Errorf("the evicted node still has lookups")
 	}
 	for _, h := range hs[:2] {
-		if _, p, err := s.FromHandle(h); err != nil {
+		if _, p, err := hd(s).FromHandle(h); err != nil {
 			t.Errorf("handle of a directory with a held child: %v", err)
 		} else if _, err := s.root.Lstat(s.root.Join(p...)); err != nil {
 			t.Errorf("stat through the handle: %v", err)
@@ -68,15 +68,15 @@ func TestHandlesExpire(t *testing.T) {
 	defer s.Close()
 	now := time.Now()
 	s.table.now = func() time.Time { return now }
-	old := s.ToHandle(s.root, []string{"a", "x"})
+	old := hd(s).ToHandle(s.root, []string{"a", "x"})
 	now = now.Add(50 * time.Second)
-	kept := s.ToHandle(s.root, []string{"b", "w"})
+	kept := hd(s).ToHandle(s.root, []string{"b", "w"})
 	now = now.Add(20 * time.Second)
 	s.table.sweep()
-	if _, _, err := s.FromHandle(old); !stale(err) {
+	if _, _, err := hd(s).FromHandle(old); !stale(err) {
 		t.Errorf("a handle unused for 70 s: %v; want NFS3ERR_STALE", err)
 	}
-	if _, _, err := s.FromHandle(kept); err != nil {
+	if _, _, err := hd(s).FromHandle(kept); err != nil {
 		t.Errorf("a handle used 20 s ago: %v", err)
 	}
 	if got := s.Handles(); got != 2 {
@@ -91,11 +91,11 @@ func TestHandleStale(t *testing.T) {
 	dir := handleTree(t)
 	u := loopback(t, dir)
 	s := New(u, Options{})
-	h := s.ToHandle(s.root, []string{"a", "x"})
+	h := hd(s).ToHandle(s.root, []string{"a", "x"})
 	if err := s.root.Rename("a", "c"); err != nil {
 		t.Fatal(err)
 	}
-	if _, p, err := s.FromHandle(h); err != nil {
+	if _, p, err := hd(s).FromHandle(h); err != nil {
 		t.Errorf("handle after its directory's rename: %v", err)
 	} else if fi, err := s.root.Lstat(s.root.Join(p...)); err != nil || fi.Name() == "" {
 		t.Errorf("stat through it: %v", err)
@@ -104,17 +104,17 @@ func TestHandleStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.table.stale(s.table.byID(idOf(t, h)))
-	if _, _, err := s.FromHandle(h); !stale(err) {
+	if _, _, err := hd(s).FromHandle(h); !stale(err) {
 		t.Errorf("handle of a removed file: %v; want NFS3ERR_STALE", err)
 	}
-	h = s.ToHandle(s.root, []string{"b"})
+	h = hd(s).ToHandle(s.root, []string{"b"})
 	s.Close()
 	s2 := New(u, Options{})
 	defer s2.Close()
-	if _, _, err := s2.FromHandle(h); !stale(err) {
+	if _, _, err := hd(s2).FromHandle(h); !stale(err) {
 		t.Errorf("another instance's handle: %v; want NFS3ERR_STALE", err)
 	}
-	if _, _, err := s2.FromHandle([]byte("short")); !stale(err) {
+	if _, _, err := hd(s2).FromHandle([]byte("short")); !stale(err) {
 		t.Errorf("a malformed handle: %v; want NFS3ERR_STALE", err)
 	}
 }
@@ -125,7 +125,7 @@ func TestPathsFromClients(t *testing.T) {
 	u := loopback(t, handleTree(t))
 	s := New(u, Options{})
 	defer s.Close()
-	h := s.ToHandle(s.root, []string{"a"})
+	h := hd(s).ToHandle(s.root, []string{"a"})
 	id := idOf(t, h)
 	for _, name := range []string{"\x00" + "0:" + "1", "b/w", "..", "."} {
 		p := s.root.Join("a", name)

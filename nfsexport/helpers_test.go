@@ -233,3 +233,6 @@ func balanced(t testing.TB, u *perfuse.Usermount, s *Server) {
 		t.Errorf("after Close %d nodes keep lookups; want the root only", n)
 	}
 }
+
+// hd is s as go-nfs calls it.
+func hd(s *Server) handler { return handler{s} }

@@ -106,7 +106,7 @@ func (l *listings) init(max int) { l.max, l.byVer = max, map[uint64]listing{} }
 
 // VerifierFor returns a cookie verifier for a fresh listing of path, and
 // keeps the listing under it.
-func (s *Server) VerifierFor(path string, contents []os.FileInfo) uint64 {
+func (s handler) VerifierFor(path string, contents []os.FileInfo) uint64 {
 	h := sha256.New()
 	h.Write([]byte(path))
 	h.Write(s.boot[:])
@@ -133,7 +133,7 @@ func (s *Server) VerifierFor(path string, contents []os.FileInfo) uint64 {
 }
 
 // DataForVerifier returns the listing kept under verifier, or nil.
-func (s *Server) DataForVerifier(path string, verifier uint64) []os.FileInfo {
+func (s handler) DataForVerifier(path string, verifier uint64) []os.FileInfo {
 	s.listings.mu.Lock()
 	defer s.listings.mu.Unlock()
 	if l, ok := s.listings.byVer[verifier]; ok && l.path == path {

@@ -127,7 +127,7 @@ func (s *Server) Serve(l net.Listener) error {
 	s.mu.Unlock()
 
 	go s.sweeper()
-	srv := &nfs.Server{Handler: s, ID: s.boot, Context: s.ctx}
+	srv := &nfs.Server{Handler: handler{s}, ID: s.boot, Context: s.ctx}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(&listener{Listener: l, s: s}) }()
 	var err error
@@ -328,11 +328,18 @@ func (s *Server) attr(r *ref) (a fuse.Attr, err error) {
 	return out.Attr, nil
 }
 
-// The nfs.Handler methods.
+// handler is the server as go-nfs's nfs.Handler (and nfs.CachingHandler,
+// for READDIR cookies), kept out of Server's own API.
+type handler struct{ *Server }
+
+var (
+	_ nfs.Handler        = handler{}
+	_ nfs.CachingHandler = handler{}
+)
 
 // Mount answers MOUNT for "/" and for any directory under it, which the
 // client then sees as its root.
-func (s *Server) Mount(ctx context.Context, c net.Conn, req nfs.MountRequest) (nfs.MountStatus, billy.Filesystem, []nfs.AuthFlavor) {
+func (s handler) Mount(ctx context.Context, c net.Conn, req nfs.MountRequest) (nfs.MountStatus, billy.Filesystem, []nfs.AuthFlavor) {
 	flavors := []nfs.AuthFlavor{nfs.AuthFlavorNull, nfs.AuthFlavorUnix}
 	p := strings.Trim(string(req.Dirpath), "/")
 	if p == "" {
@@ -357,7 +364,7 @@ func (s *Server) Mount(ctx context.Context, c net.Conn, req nfs.MountRequest) (n
 }
 
 // Change returns the SETATTR side of the tree; nil when read-only.
-func (s *Server) Change(f billy.Filesystem) billy.Change {
+func (s handler) Change(f billy.Filesystem) billy.Change {
 	if s.ro {
 		return nil
 	}
@@ -368,7 +375,7 @@ func (s *Server) Change(f billy.Filesystem) billy.Change {
 }
 
 // FSStat fills FSSTAT from the daemon's STATFS.
-func (s *Server) FSStat(ctx context.Context, f billy.Filesystem, st *nfs.FSStat) error {
+func (s handler) FSStat(ctx context.Context, f billy.Filesystem, st *nfs.FSStat) error {
 	out, err := s.u.FsStatvfs(s.ctx, s.cred)
 	if err != nil {
 		return err
@@ -385,7 +392,7 @@ func (s *Server) FSStat(ctx context.Context, f billy.Filesystem, st *nfs.FSStat)
 // ToHandle returns the file handle of path: the node it names, which is
 // held from now on (see Options.MaxHandles). A path that does not resolve
 // gets an empty handle, which FromHandle refuses as stale.
-func (s *Server) ToHandle(f billy.Filesystem, p []string) []byte {
+func (s handler) ToHandle(f billy.Filesystem, p []string) []byte {
 	fs, ok := f.(*fsys)
 	if !ok {
 		return nil
@@ -400,7 +407,7 @@ func (s *Server) ToHandle(f billy.Filesystem, p []string) []byte {
 // FromHandle returns the path of a handle's node: its token, after its
 // parent's for "..". A handle of another server instance, of a node
 // dropped or of one the daemon no longer knows is NFS3ERR_STALE.
-func (s *Server) FromHandle(h []byte) (billy.Filesystem, []string, error) {
+func (s handler) FromHandle(h []byte) (billy.Filesystem, []string, error) {
 	id, gen, ok := parseHandle(s.boot, h)
 	if !ok {
 		return nil, nil, &nfs.NFSStatusError{NFSStatus: nfs.NFSStatusStale, WrappedErr: syscall.ESTALE}
@@ -431,10 +438,8 @@ func (s *Server) FromHandle(h []byte) (billy.Filesystem, []string, error) {
 // InvalidateHandle does nothing: go-nfs calls it after REMOVE and RENAME,
 // and a renamed node keeps its handle; Remove drops a node whose last name
 // went.
-func (s *Server) InvalidateHandle(billy.Filesystem, []byte) error { return nil }
+func (s handler) InvalidateHandle(billy.Filesystem, []byte) error { return nil }
 
 // HandleLimit is the cap on held nodes; go-nfs lists at most half as
 // many entries in one READDIR reply.
-func (s *Server) HandleLimit() int { return s.table.max }
-
-var _ nfs.Handler = (*Server)(nil)
+func (s handler) HandleLimit() int { return s.table.max }
