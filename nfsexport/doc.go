@@ -47,7 +47,7 @@
 //
 // # Errors
 //
-// Status maps the daemon's errnos to NFSv3 statuses. go-nfs v0.0.4 keeps
+// The daemon's errnos map to NFSv3 statuses (RFC 1813). go-nfs v0.0.4 keeps
 // those statuses where it passes a procedure's error on: GETATTR, LOOKUP
 // and READ of a missing file (NFS3ERR_NOENT), SETATTR (chmod, chown,
 // utimes, truncation: every errno keeps its status), stale handles, and

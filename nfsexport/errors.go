@@ -33,9 +33,9 @@ var statuses = map[syscall.Errno]nfs.NFSStatus{
 	syscall.ENOSYS:       nfs.NFSStatusNotSupp,
 }
 
-// Status returns the NFSv3 status for err: the one its errno maps to,
+// status returns the NFSv3 status for err: the one its errno maps to,
 // NFS3ERR_IO for any other error, NFS3_OK for nil.
-func Status(err error) nfs.NFSStatus {
+func status(err error) nfs.NFSStatus {
 	if err == nil {
 		return nfs.NFSStatusOk
 	}
@@ -59,7 +59,7 @@ func statusError(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &nfs.NFSStatusError{NFSStatus: Status(err), WrappedErr: err}
+	return &nfs.NFSStatusError{NFSStatus: status(err), WrappedErr: err}
 }
 
 // pathError is an error for go-nfs's os.IsNotExist and os.IsPermission

@@ -34,11 +34,11 @@ func TestStatus(t *testing.T) {
 		syscall.EBUSY:     nfs.NFSStatusIO, // NFSv3 has no EBUSY
 	} {
 		wrapped := &os.PathError{Op: "x", Path: "y", Err: fmt.Errorf("perfuse: %w", errno)}
-		if got := Status(wrapped); got != want {
-			t.Errorf("Status(%v) = %v; want %v", errno, got, want)
+		if got := status(wrapped); got != want {
+			t.Errorf("status(%v) = %v; want %v", errno, got, want)
 		}
 	}
-	if Status(nil) != nfs.NFSStatusOk || Status(errors.New("other")) != nfs.NFSStatusIO {
+	if status(nil) != nfs.NFSStatusOk || status(errors.New("other")) != nfs.NFSStatusIO {
 		t.Errorf("Status of nil or a plain error is wrong")
 	}
 }
