@@ -128,8 +128,10 @@ func (f *fsys) Lstat(p string) (os.FileInfo, error) {
 	return newInfo(path.Base(p), r, a), nil
 }
 
+// Create makes p private to its owner: go-nfs sets the client's mode
+// right after.
 func (f *fsys) Create(p string) (billy.File, error) {
-	return f.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	return f.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 }
 
 func (f *fsys) Open(p string) (billy.File, error) { return f.OpenFile(p, os.O_RDONLY, 0) }

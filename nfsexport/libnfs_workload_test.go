@@ -42,6 +42,9 @@ func TestLibnfsLoopback(t *testing.T) {
 	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody {
 		t.Errorf("a file made through the export belongs to uid %d; want the server's, %d", st.Uid, nobody)
 	}
+	if fi.Mode().Perm() != 0o660 {
+		t.Errorf("d1/one.txt has mode %v; want nfs-cp's 0660, CREATE's attributes", fi.Mode())
+	}
 	if got, want := lsNames(t, e, ""), treeNames(files); !equal(got, want) {
 		t.Errorf("nfs-ls -R = %q; want %q", got, want)
 	}
