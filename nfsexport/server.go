@@ -26,7 +26,13 @@ const (
 	DefaultAddr       = "127.0.0.1:2049"
 	DefaultMaxHandles = 1 << 16
 	DefaultHandleTTL  = time.Hour
+	DefaultMaxConns   = 128
 )
+
+// idleTimeout closes a connection with no request for that long: clients
+// reconnect when they need to (Linux closes its own idle NFS connections
+// after 5 minutes), and idle connections must not hold every slot.
+const idleTimeout = 15 * time.Minute
 
 // Options configure a Server. The zero value is a read-write export with
 // the defaults below.
@@ -43,6 +49,10 @@ type Options struct {
 	// long (DefaultHandleTTL when 0). A dropped handle is stale.
 	MaxHandles int
 	HandleTTL  time.Duration
+	// MaxConns bounds the client connections open at once
+	// (DefaultMaxConns when 0): go-nfs serves each with its own buffers,
+	// of up to 16 MiB for a READ. Connections over it are closed at once.
+	MaxConns int
 	// Log gets the warnings (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -50,17 +60,18 @@ type Options struct {
 // Server exports one perfuse session over NFSv3, with the MOUNT protocol
 // on the same TCP port. Create it with New and run it with Serve.
 type Server struct {
-	u      *perfuse.Usermount
-	ctx    context.Context
-	cancel context.CancelFunc
-	cred   *perfuse.Cred
-	ro     bool
-	log    *slog.Logger
-	ttl    time.Duration
-	table  *table
-	root   *fsys
-	secret string
-	boot   [8]byte
+	u        *perfuse.Usermount
+	ctx      context.Context
+	cancel   context.CancelFunc
+	cred     *perfuse.Cred
+	ro       bool
+	log      *slog.Logger
+	ttl      time.Duration
+	maxConns int
+	table    *table
+	root     *fsys
+	secret   string
+	boot     [8]byte
 
 	listings listings
 
@@ -69,6 +80,8 @@ type Server struct {
 	lis    []net.Listener
 	closed bool
 	warned map[uint32]bool // users refused on loopback, warned about
+	// fullWarned: a connection over MaxConns was refused, with a warning.
+	fullWarned bool
 }
 
 // New returns a server for the session u. The server does not own u: the
@@ -82,6 +95,10 @@ func New(u *perfuse.Usermount, o Options) *Server {
 	}
 	if s.ttl <= 0 {
 		s.ttl = DefaultHandleTTL
+	}
+	s.maxConns = o.MaxConns
+	if s.maxConns <= 0 {
+		s.maxConns = DefaultMaxConns
 	}
 	max := o.MaxHandles
 	if max <= 0 {
@@ -252,7 +269,9 @@ func (l *listener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		return l.s.track(c)
+		if tc, err := l.s.track(c); tc != nil || err != nil {
+			return tc, err
+		}
 	}
 }
 
@@ -270,13 +289,22 @@ func (s *Server) refused(uid uint32) {
 	s.log.Warn("nfsexport: refused a loopback connection of another user", "uid", uid)
 }
 
-// track records c, for shutdown to close.
+// track records c, for shutdown to close; it returns nil, nil when c was
+// refused for being one too many.
 func (s *Server) track(c net.Conn) (net.Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.ctx.Err() != nil {
 		c.Close()
 		return nil, net.ErrClosed
+	}
+	if len(s.conns) >= s.maxConns {
+		if !s.fullWarned {
+			s.fullWarned = true
+			s.log.Warn("nfsexport: connections refused: too many open", "max", s.maxConns)
+		}
+		c.Close()
+		return nil, nil
 	}
 	tc := &conn{Conn: c, s: s}
 	s.conns[tc] = struct{}{}
@@ -287,6 +315,12 @@ type conn struct {
 	net.Conn
 	s    *Server
 	once sync.Once
+}
+
+// Read waits at most idleTimeout for a request.
+func (c *conn) Read(p []byte) (int, error) {
+	c.SetReadDeadline(time.Now().Add(idleTimeout))
+	return c.Conn.Read(p)
 }
 
 func (c *conn) Close() error {
