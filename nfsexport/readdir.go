@@ -31,7 +31,7 @@ func (s *Server) readDir(r *ref) ([]os.FileInfo, error) {
 		if d.Node == nil {
 			var c *ref
 			if c, ferr = s.lookupFresh(r, d.Name); ferr != nil {
-				return !isGone(ferr)
+				return isGone(ferr) // removed since: left out
 			}
 			a, _ := s.table.cachedAttr(c)
 			out = append(out, newInfo(d.Name, c, a))
