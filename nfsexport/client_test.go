@@ -2,13 +2,22 @@ package nfsexport
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/perfuse-go/perfuse"
 
 	"github.com/perfuse-go/perfuse/internal/daemonpeer"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
@@ -254,4 +263,80 @@ func TestGoClientSquashfuse(t *testing.T) {
 	if _, err := v.Create("new", 0o644); nfsStatus(err) != "NFS3ERR_ROFS" {
 		t.Errorf("create on the read-only export = %v; want NFS3ERR_ROFS", err)
 	}
+}
+
+// The daemon killed while go-nfs-client reads: the read fails, and Serve
+// returns by itself, saying why.
+func TestGoClientDaemonKilled(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "huge"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(1 << 30)
+	f.Close()
+	bin := filepath.Join(binaries(t), "loopback")
+	d, err := perfuse.Start(testCtx(t), exec.Command(bin, "/dev/fd/3", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Unmount(context.Background()) })
+	s := New(d.Usermount, Options{})
+	l, err := s.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	defer s.Close()
+	v := dial(t, l.Addr().(*net.TCPAddr).Port, "/")
+	r, err := v.Open("huge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for range 8 {
+		if _, err := r.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := childRunning(t, bin)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.Exited()
+	var rerr error
+	for range 1024 {
+		if _, rerr = r.Read(buf); rerr != nil {
+			break
+		}
+	}
+	if rerr == nil {
+		t.Errorf("reads went on after the daemon died")
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, syscall.ENOTCONN) {
+			t.Errorf("Serve = %v; want the session's end (ENOTCONN)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Serve still running 10 s after the daemon died")
+	}
+}
+
+// childRunning returns the pid of this process's child running bin.
+func childRunning(t *testing.T, bin string) int {
+	t.Helper()
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, p := range tasks {
+		b, _ := os.ReadFile(p)
+		for _, f := range strings.Fields(string(b)) {
+			if exe, _ := os.Readlink("/proc/" + f + "/exe"); exe == bin {
+				pid, _ := strconv.Atoi(f)
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no child runs %s", bin)
+	return 0
 }
