@@ -19,9 +19,10 @@
 // for keeps one FUSE lookup, so the daemon cannot forget the nodeid or
 // give it to another file while the handle may still be used; a handle
 // goes on naming its file through renames. The lookups are bounded: at
-// most Options.MaxHandles nodes, least recently used first (a directory
-// never before what was found in it), and each dropped once unused for
-// Options.HandleTTL. A dropped handle answers NFS3ERR_STALE, as does one
+// most Options.MaxHandles nodes, least recently used first, and each
+// dropped once unused for Options.HandleTTL. As with the kernel's inodes,
+// a directory is not forgotten while a node found in it is held, nor a node
+// while the daemon has it open (the cap may be passed by those). A dropped handle answers NFS3ERR_STALE, as does one
 // whose node the daemon reports gone (ENOENT or ESTALE to GETATTR), and
 // the client looks the name up again. After a restart of the server (a
 // new Server, a new perfuse process, a restarted daemon) every handle from

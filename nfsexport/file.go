@@ -100,6 +100,7 @@ func (o *openFile) Close() error {
 	if cerr := s.u.NodeClose(s.ctx, s.cred, o.h, 0); err == nil {
 		err = cerr
 	}
+	s.table.unpin(o.r)
 	if o.wrote {
 		s.table.stale(o.r)
 	}

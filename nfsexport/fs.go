@@ -167,6 +167,7 @@ func (f *fsys) openFile(p string, flag int, perm os.FileMode) (billy.File, error
 		}
 		r := f.s.table.hold(e, dir, name)
 		f.s.table.stale(dir)
+		f.s.table.pin(r)
 		return &openFile{f: f, r: r, h: h, path: p}, nil
 	}
 	r, err := f.resolve(p)
@@ -178,8 +179,10 @@ func (f *fsys) openFile(p string, flag int, perm os.FileMode) (billy.File, error
 		// after its truncation failed.
 		return nil, pathError("open", p, syscall.EISDIR)
 	}
+	f.s.table.pin(r)
 	h, err := f.s.u.NodeOpen(f.s.ctx, f.s.cred, r.node, flag)
 	if err != nil {
+		f.s.table.unpin(r)
 		return nil, pathError("open", p, err)
 	}
 	return &openFile{f: f, r: r, h: h, path: p}, nil

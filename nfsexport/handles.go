@@ -30,6 +30,17 @@ type ref struct {
 	attrUntil  time.Time
 	used       time.Time
 	elem       *list.Element // nil for the root, which is never evicted
+	// opens counts the daemon's opens of the node in use here: while
+	// there is one the lookup is kept, for the kernel never forgets an
+	// open inode and daemons (go-fuse) rely on it. gone is set when the
+	// ref was dropped meanwhile: the last close gives the lookup back.
+	opens int
+	gone  bool
+	// kids counts the refs whose parent this is: a directory is not
+	// forgotten before what was found in it, as the kernel's dentries
+	// hold their parents.
+	kids int
+	up   *ref // the ref counting this one in kids, or nil
 }
 
 func (r *ref) id() uint64 { return r.node.ID() }
@@ -114,8 +125,20 @@ func (t *table) place(r *ref, dir uint64, name string, until time.Time) {
 	if old := (nameKey{r.parent, r.name}); t.names[old] == r {
 		delete(t.names, old)
 	}
+	t.unparent(r)
 	r.parent, r.name, r.entryUntil = dir, name, until
 	t.names[nameKey{dir, name}] = r
+	if r.up = t.refs[dir]; r.up != nil {
+		r.up.kids++
+	}
+}
+
+// unparent takes r off its parent's count. Called with mu held.
+func (t *table) unparent(r *ref) {
+	if r.up != nil {
+		r.up.kids--
+		r.up = nil
+	}
 }
 
 // moved records a rename of r to name in dir, as fresh as it was.
@@ -201,15 +224,48 @@ func (t *table) stale(r *ref) {
 	r.attrUntil = time.Time{}
 }
 
-// drop gives r's lookup back: its node is gone.
+// drop gives r's lookup back (after its last close): its node is gone.
 func (t *table) drop(r *ref) {
 	t.mu.Lock()
 	ok := r != t.root && t.refs[r.id()] == r
 	if ok {
 		t.remove(r)
 	}
+	ok = ok && t.release(r)
 	t.mu.Unlock()
 	if ok {
+		t.reclaim(r.node)
+	}
+}
+
+// release reports whether r's lookup may be given back now that it left
+// the table, or marks it for its last close. Called with mu held.
+func (t *table) release(r *ref) bool {
+	if r.opens > 0 {
+		r.gone = true
+		return false
+	}
+	return true
+}
+
+// pin keeps r's lookup while the daemon has it open.
+func (t *table) pin(r *ref) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r.opens++
+}
+
+// unpin ends an open of r, and gives its lookup back if r was dropped
+// meanwhile.
+func (t *table) unpin(r *ref) {
+	t.mu.Lock()
+	r.opens--
+	last := r.opens == 0 && r.gone
+	if last {
+		r.gone = false
+	}
+	t.mu.Unlock()
+	if last {
 		t.reclaim(r.node)
 	}
 }
@@ -230,13 +286,20 @@ func (t *table) touch(r *ref, now time.Time) {
 // returns their nodes for reclaim. Called with mu held.
 func (t *table) evict(now time.Time) []*perfuse.Node {
 	var out []*perfuse.Node
-	for e := t.lru.Back(); e != nil; e = t.lru.Back() {
+	for e := t.lru.Back(); e != nil; {
 		r := e.Value.(*ref)
 		if t.lru.Len() <= t.max && now.Sub(r.used) < t.ttl {
 			break
 		}
-		t.remove(r)
-		out = append(out, r.node)
+		prev := e.Prev()
+		// An open node stays: it is let go at its last close. So does one
+		// this very call used (the entry just held, its parents): the
+		// caller is about to use it.
+		if r.opens == 0 && r.kids == 0 && !r.used.Equal(now) {
+			t.remove(r)
+			out = append(out, r.node)
+		}
+		e = prev
 	}
 	return out
 }
@@ -252,6 +315,7 @@ func (t *table) sweep() {
 func (t *table) remove(r *ref) {
 	t.lru.Remove(r.elem)
 	delete(t.refs, r.id())
+	t.unparent(r)
 	if k := (nameKey{r.parent, r.name}); t.names[k] == r {
 		delete(t.names, k)
 	}
@@ -264,7 +328,9 @@ func (t *table) clear() {
 	for e := t.lru.Front(); e != nil; e = t.lru.Front() {
 		r := e.Value.(*ref)
 		t.remove(r)
-		victims = append(victims, r.node)
+		if t.release(r) {
+			victims = append(victims, r.node)
+		}
 	}
 	t.mu.Unlock()
 	t.reclaim(victims...)

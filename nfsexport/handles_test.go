@@ -148,3 +148,58 @@ func idOf(t *testing.T, h []byte) uint64 {
 	}
 	return id
 }
+
+// A node open in the daemon keeps its lookup past the cap and past its
+// removal until the open ends, as the kernel never forgets an open inode
+// (go-fuse panics on a RELEASE of a forgotten node).
+func TestOpenNodeKeepsLookup(t *testing.T) {
+	dir := handleTree(t)
+	u := loopback(t, dir)
+	s := New(u, Options{MaxHandles: 1})
+	defer balanced(t, u, s)
+	f, err := s.root.Open("a/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := f.(*openFile).r.node
+	hd(s).ToHandle(s.root, []string{"b", "w"}) // over the cap
+	if err := s.root.Remove("a/x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Lookups(x); got != 1 {
+		t.Errorf("the open node has %d lookups; want 1 until it is closed", got)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if u.NodeByID(x.ID()) != nil {
+		t.Errorf("the removed node keeps lookups after its close")
+	}
+}
+
+// A directory keeps its lookup while a node found in it is held: the
+// daemon never sees a directory forgotten before its entries.
+func TestParentOutlivesChild(t *testing.T) {
+	u := loopback(t, handleTree(t))
+	s := New(u, Options{MaxHandles: 1})
+	defer balanced(t, u, s)
+	f, err := s.root.Open("a/b/z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := f.(*openFile).r
+	hd(s).ToHandle(s.root, []string{"b", "w"}) // over the cap
+	for r := z; r != nil && r != s.table.root; r = r.up {
+		if got := u.Lookups(r.node); got != 1 {
+			t.Errorf("node %d on the open file's path has %d lookups; want 1", r.id(), got)
+		}
+	}
+	if z.up == nil || z.up.up == nil {
+		t.Fatalf("a/b/z's parents are not held")
+	}
+	f.Close()
+	s.table.sweep()
+	if got := s.Handles(); got != 1 {
+		t.Errorf("%d handles held after the close; want the cap, 1, again", got)
+	}
+}

@@ -17,6 +17,8 @@ import (
 // entries' refs (go-nfs's READDIRPLUS asks a handle for each entry next),
 // else READDIR and a LOOKUP for each entry.
 func (s *Server) readDir(r *ref) ([]os.FileInfo, error) {
+	s.table.pin(r)
+	defer s.table.unpin(r)
 	h, err := s.u.NodeOpen(s.ctx, s.cred, r.node, os.O_RDONLY)
 	if err != nil {
 		return nil, err
