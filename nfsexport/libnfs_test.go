@@ -171,13 +171,20 @@ func startExport(t *testing.T, ro bool, argv ...string) *exportProc {
 		close(e.done)
 	}()
 	t.Cleanup(func() {
-		e.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-e.done:
-		case <-time.After(10 * time.Second):
-			t.Errorf("perfuse nfs still running 10 s after SIGTERM; killing it")
-			e.cmd.Process.Kill()
-			<-e.done
+		case <-e.done: // ended by the test
+		default:
+			e.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-e.done:
+				if e.err != nil {
+					t.Errorf("perfuse nfs after SIGTERM: %v", e.err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("perfuse nfs still running 10 s after SIGTERM; killing it")
+				e.cmd.Process.Kill()
+				<-e.done
+			}
 		}
 		if t.Failed() {
 			t.Logf("perfuse nfs (%v) said:\n%s", e.err, e.stderr.String())
