@@ -449,7 +449,7 @@ type fileInfo struct {
 func (i *fileInfo) Name() string { return i.name }
 func (i *fileInfo) Size() int64  { return int64(i.attr.Size) }
 func (i *fileInfo) Mode() fs.FileMode {
-	return modeType(i.attr.Mode) | fs.FileMode(i.attr.Mode&0777) | modeBits(i.attr.Mode)
+	return FileMode(i.attr.Mode)
 }
 func (i *fileInfo) ModTime() time.Time {
 	return time.Unix(int64(i.attr.Mtime), int64(i.attr.Mtimensec))
@@ -459,6 +459,12 @@ func (i *fileInfo) Sys() any       { return &i.attr }
 func (i *fileInfo) String() string { return fs.FormatFileInfo(i) }
 
 // modeType maps S_IFMT bits to io/fs type bits.
+// FileMode converts a FUSE (stat(2)) mode, type and permission bits, to
+// an fs.FileMode.
+func FileMode(mode uint32) fs.FileMode {
+	return modeType(mode) | fs.FileMode(mode&0o777) | modeBits(mode)
+}
+
 func modeType(mode uint32) fs.FileMode {
 	switch mode & syscall.S_IFMT {
 	case syscall.S_IFDIR:

@@ -11,6 +11,7 @@ import (
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse"
 	nfs "github.com/willscott/go-nfs"
 	"github.com/willscott/go-nfs/file"
 )
@@ -406,22 +407,8 @@ func (i *info) Sys() any {
 // and sticky included, in their Unix places (which Go leaves unused):
 // go-nfs sends this value as the NFS mode.
 func (i *info) Mode() os.FileMode {
-	m := os.FileMode(i.attr.Mode & 0o7777)
-	switch i.attr.Mode & syscall.S_IFMT {
-	case syscall.S_IFDIR:
-		m |= os.ModeDir
-	case syscall.S_IFLNK:
-		m |= os.ModeSymlink
-	case syscall.S_IFIFO:
-		m |= os.ModeNamedPipe
-	case syscall.S_IFSOCK:
-		m |= os.ModeSocket
-	case syscall.S_IFCHR:
-		m |= os.ModeDevice | os.ModeCharDevice
-	case syscall.S_IFBLK:
-		m |= os.ModeDevice
-	}
-	return m
+	m := perfuse.FileMode(i.attr.Mode) &^ (os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+	return m | os.FileMode(i.attr.Mode&0o7000)
 }
 
 // unixMode is the permission bits of a Go mode, setuid, setgid and sticky

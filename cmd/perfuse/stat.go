@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/perfuse-go/perfuse"
 	"io"
 	"io/fs"
 	"time"
@@ -41,7 +42,7 @@ func printStat(w io.Writer, name string, a *fuse.Attr) {
 	fmt.Fprintf(w, "  File: %s\n", name)
 	fmt.Fprintf(w, "  Size: %-12d Blocks: %-10d IO Block: %-6d %s\n", a.Size, a.Blocks, a.Blksize, fileType(a.Mode))
 	fmt.Fprintf(w, " Inode: %-12d Links: %-10d Device type: %d,%d\n", a.Ino, a.Nlink, a.Rdev>>8&0xfff, a.Rdev&0xff|a.Rdev>>12&0xfff00)
-	fmt.Fprintf(w, "Access: (%04o/%s)  Uid: %d  Gid: %d\n", a.Mode&0o7777, modeString(modeOf(a.Mode)), a.Uid, a.Gid)
+	fmt.Fprintf(w, "Access: (%04o/%s)  Uid: %d  Gid: %d\n", a.Mode&0o7777, modeString(perfuse.FileMode(a.Mode)), a.Uid, a.Gid)
 	fmt.Fprintf(w, "Access: %s\n", ts(a.Atime, a.Atimensec))
 	fmt.Fprintf(w, "Modify: %s\n", ts(a.Mtime, a.Mtimensec))
 	fmt.Fprintf(w, "Change: %s\n", ts(a.Ctime, a.Ctimensec))
