@@ -784,12 +784,14 @@ func (c *Conn) fail(cause error) {
 	if errors.Is(cause, syscall.EPROTO) {
 		c.log.Warn("perfuse: connection failed", "err", cause)
 	}
-	for _, w := range pending {
-		w.ch <- result{err: cause}
-	}
+	// Done is closed before any waiter hears, so that a caller who gets
+	// ENOTCONN finds the connection gone.
 	c.closeMu.Lock()
 	c.closed = true
 	c.f.Close()
 	c.closeMu.Unlock()
 	close(c.done)
+	for _, w := range pending {
+		w.ch <- result{err: cause}
+	}
 }
