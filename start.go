@@ -73,14 +73,8 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Daemon, error) 
 	}
 	d := &Daemon{cmd: cmd, stderr: &tail{max: stderrTail}, exited: make(chan struct{})}
 	conf := newConfig(opts)
-	ours, theirs, _, err := sock.Pair()
+	ours, theirs, theirMax, err := sock.SizedPair(conf.bufSize)
 	if err != nil {
-		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
-	}
-	theirMax, err := sizeBuffers(ours, theirs, conf.bufSize)
-	if err != nil {
-		ours.Close()
-		theirs.Close()
 		return nil, fmt.Errorf("perfuse: start %s: %w", d.name(), err)
 	}
 
@@ -136,18 +130,6 @@ func Start(ctx context.Context, cmd *exec.Cmd, opts ...Option) (*Daemon, error) 
 	u.startLoop()
 	d.Usermount = u
 	return d, nil
-}
-
-// sizeBuffers gives both ends of the pair size-byte buffers and returns the
-// largest record the daemon's end can send. Requests are bounded by our
-// end's buffer, which the transport measures itself.
-func sizeBuffers(ours, theirs *os.File, size int) (int, error) {
-	for _, f := range []*os.File{ours, theirs} {
-		if err := sock.SetBuffers(int(f.Fd()), size); err != nil {
-			return 0, err
-		}
-	}
-	return sock.MaxRecord(int(theirs.Fd()))
 }
 
 // init runs INIT, ended early by ctx, by initTimeout and by the daemon's

@@ -129,14 +129,9 @@ func runDemo(out io.Writer) error {
 // socketpair and returns the other end and the channel Serve's end is
 // reported on.
 func serveDemo(files map[string][]byte) (*os.File, chan error, error) {
-	ours, theirs, _, err := sock.Pair()
+	ours, theirs, _, err := sock.SizedPair(int(perfuse.BufVarFromEnv("PERFUSE_BUFSIZE", perfuse.DefaultBufSize)))
 	if err != nil {
 		return nil, nil, err
-	}
-	for _, f := range []*os.File{ours, theirs} {
-		if err := sock.SetBuffers(int(f.Fd()), int(perfuse.BufVarFromEnv("PERFUSE_BUFSIZE", perfuse.DefaultBufSize))); err != nil {
-			return nil, nil, err
-		}
 	}
 	root := &memRoot{files: files}
 	served := make(chan error, 1)

@@ -54,15 +54,9 @@ func (d *daemon) wrap(target string, argv []string) error {
 	if standin && os.Geteuid() != 0 {
 		return fmt.Errorf("%s names no /dev/fd/%d, so it must be run with a stand-in fusermount in a private mount namespace, which needs root", base, fusermount.SocketFD)
 	}
-	ours, theirs, _, err := sock.Pair()
+	ours, theirs, _, err := sock.SizedPair(int(perfuse.BufVarFromEnv("PERFUSE_BUFSIZE", perfuse.DefaultBufSize)))
 	if err != nil {
 		return err
-	}
-	size := int(perfuse.BufVarFromEnv("PERFUSE_BUFSIZE", perfuse.DefaultBufSize))
-	for _, f := range []*os.File{ours, theirs} {
-		if err := sock.SetBuffers(int(f.Fd()), size); err != nil {
-			d.log.Warn("perfused: socket buffers not set", "size", size, "err", err)
-		}
 	}
 	var cmd *exec.Cmd
 	if standin {

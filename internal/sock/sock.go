@@ -36,6 +36,31 @@ func Pair() (ours, theirs *os.File, typ int, err error) {
 	return os.NewFile(uintptr(fds[0]), "perfuse-sock"), os.NewFile(uintptr(fds[1]), "perfuse-sock-peer"), typ, nil
 }
 
+// SizedPair is Pair with both ends' buffers set to size (SetBuffers), for
+// a daemon on "theirs": a record larger than its sender's buffer fails
+// with EMSGSIZE, so neither end may be left at the default. theirMax is
+// the largest record the daemon's end can send.
+func SizedPair(size int) (ours, theirs *os.File, theirMax int, err error) {
+	ours, theirs, _, err = Pair()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	for _, f := range []*os.File{ours, theirs} {
+		if err = SetBuffers(int(f.Fd()), size); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		theirMax, err = MaxRecord(int(theirs.Fd()))
+	}
+	if err != nil {
+		ours.Close()
+		theirs.Close()
+		return nil, nil, 0, err
+	}
+	return ours, theirs, theirMax, nil
+}
+
 // SetBuffers sets SO_SNDBUF and SO_RCVBUF to size. The *FORCE variants are
 // tried first because they may exceed net.core.[rw]mem_max; they need
 // CAP_NET_ADMIN, and without it the plain options are used, which the kernel

@@ -28,6 +28,7 @@ import (
 
 	"github.com/perfuse-go/perfuse/internal/bufpool"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
+	"github.com/perfuse-go/perfuse/internal/sock"
 	"github.com/perfuse-go/perfuse/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -35,9 +36,6 @@ import (
 const (
 	inHeaderSize  = wire.InHeaderSize
 	outHeaderSize = wire.OutHeaderSize
-	// sendSlack is what AF_UNIX takes from SO_SNDBUF for its own
-	// accounting: a record larger than sndbuf - 32 fails with EMSGSIZE.
-	sendSlack = 32
 	// unsolQueue and unsolBytes bound the unsolicited frames waiting for
 	// the handler, in count and in bytes: a daemon that floods
 	// notifications costs at most this much memory.
@@ -165,10 +163,15 @@ func New(f *os.File, opts Options) (*Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport: not a SEQPACKET or DGRAM socket (type %d, %v): %w", typ, err, syscall.ENOTSOCK)
 	}
-	sndbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	sndbuf, err := sock.SendBuffer(fd)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("transport: SO_SNDBUF: %w", err)
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	maxSend, err := sock.MaxRecord(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("transport: %w", err)
 	}
 	rcvbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
 	if err != nil {
@@ -202,7 +205,7 @@ func New(f *os.File, opts Options) (*Conn, error) {
 		log:     log,
 		unsol:   opts.Unsolicited,
 		grace:   grace,
-		maxSend: sndbuf - sendSlack,
+		maxSend: maxSend,
 		readBuf: make([]byte, max(sndbuf, rcvbuf)+1),
 		done:    make(chan struct{}),
 		sendSem: make(chan struct{}, 1),
