@@ -256,3 +256,49 @@ func TestWriteBehindAHeldWriteHonoursItsDeadline(t *testing.T) {
 		t.Errorf("second write returned %v after its 300ms deadline", took)
 	}
 }
+
+// A node reclaimed while open keeps its lookup until its last release, as
+// the kernel never forgets an open node: daemons rely on it (go-fuse
+// panics on the RELEASE of a forgotten node).
+func TestReclaimOfAnOpenNodeWaitsForItsRelease(t *testing.T) {
+	p, u := fakeSession(t)
+	p.Expect(OpLookup).Reply(entryOut(5, syscall.S_IFREG|0o644))
+	p.Expect(OpOpen).Nodeid(5).Reply(fuse.OpenOut{Fh: 1})
+	e, err := u.NodeLookup(testCtx(t), nil, u.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := u.NodeOpen(testCtx(t), nil, e.Node, os.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.NodeReclaim(testCtx(t), e.Node, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range p.Received() {
+		if r.Op() == OpForget {
+			t.Fatal("FORGET sent while the node is open")
+		}
+	}
+	release := p.Expect(OpRelease).Nodeid(5).Reply()
+	forget := p.Expect(OpForget).Nodeid(5)
+	if err := u.NodeRelease(testCtx(t), h); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*fakepeer.Expectation{release, forget} {
+		select {
+		case <-e.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v not sent after the last release", e)
+		}
+	}
+	var order []Opcode
+	for _, r := range p.Received() {
+		if r.Op() == OpRelease || r.Op() == OpForget {
+			order = append(order, r.Op())
+		}
+	}
+	if len(order) != 2 || order[0] != OpRelease || order[1] != OpForget {
+		t.Fatalf("sent %v, want RELEASE then FORGET", order)
+	}
+}

@@ -169,7 +169,12 @@ func (u *Usermount) NodeRelease(ctx context.Context, h *Handle) error {
 		return fmt.Errorf("perfuse: release: %w", syscall.EBADF)
 	}
 	u.closed(h)
-	return u.sendRelease(ctx, h)
+	err := u.sendRelease(ctx, h)
+	if count := u.takeDeferred(h.node); count > 0 {
+		u.debug(DiagReclaim, "perfuse: forget after the last release", "nodeid", h.node.id, "nlookup", count)
+		err = errors.Join(err, u.sendForgets(ctx, []forgetOne{{node: h.node, nodeid: h.node.id, nlookup: count}}))
+	}
+	return err
 }
 
 func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
@@ -184,10 +189,15 @@ func (u *Usermount) sendRelease(ctx context.Context, h *Handle) error {
 
 // NodeReclaim returns count lookups of n to the daemon (FUSE_FORGET, which
 // has no reply). Counts beyond those held are ignored; the root is never
-// forgotten.
+// forgotten. While n is open the FORGET waits for its last release, as
+// the kernel never forgets an open node.
 func (u *Usermount) NodeReclaim(ctx context.Context, n *Node, count uint64) error {
 	count = u.forgotten(n, count)
 	if count == 0 {
+		return nil
+	}
+	if u.deferForget(n, count) {
+		u.debug(DiagReclaim, "perfuse: forget deferred: node open", "nodeid", n.id, "nlookup", count)
 		return nil
 	}
 	u.debug(DiagReclaim, "perfuse: forget", "nodeid", n.id, "nlookup", count)

@@ -42,6 +42,14 @@ type Node struct {
 	// nlookup is the number of entries the daemon has returned for this
 	// nodeid and we have not forgotten yet. Guarded by Usermount.nodesMu.
 	nlookup uint64
+	// deferred are lookups reclaimed while the node was open: the kernel
+	// never forgets an open node, and daemons rely on it (go-fuse panics
+	// on the RELEASE that follows, fuse-overlayfs frees the node twice).
+	// They are forgotten after the last RELEASE. Guarded by nodesMu.
+	deferred uint64
+	// opens counts the opens of the node not yet released. Guarded by
+	// Usermount.handlesMu.
+	opens int
 }
 
 // lockWrites takes n's write lock, or gives up when ctx ends.
@@ -227,6 +235,38 @@ func (u *Usermount) forgotten(n *Node, count uint64) uint64 {
 	return count
 }
 
+// deferForget keeps count lookups of n for after its last release, if n
+// is open, and reports whether it did. nodesMu orders it with takeDeferred.
+func (u *Usermount) deferForget(n *Node, count uint64) bool {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	if !u.isOpen(n) {
+		return false
+	}
+	n.deferred += count
+	return true
+}
+
+// takeDeferred returns, once n has no open left, the lookups kept for
+// after its last release.
+func (u *Usermount) takeDeferred(n *Node) uint64 {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	if n.deferred == 0 || u.isOpen(n) {
+		return 0
+	}
+	count := n.deferred
+	n.deferred = 0
+	return count
+}
+
+// isOpen reports whether n has opens not yet released.
+func (u *Usermount) isOpen(n *Node) bool {
+	u.handlesMu.Lock()
+	defer u.handlesMu.Unlock()
+	return n.opens > 0
+}
+
 // NodeCount returns the number of nodes known, the root included.
 func (u *Usermount) NodeCount() int {
 	u.nodesMu.Lock()
@@ -284,6 +324,7 @@ func (u *Usermount) opened(h *Handle) *Handle {
 		u.handles = make(map[handleKey][]*Handle)
 	}
 	u.handles[h.key()] = append(u.handles[h.key()], h)
+	h.node.opens++
 	return h
 }
 
@@ -296,6 +337,7 @@ func (u *Usermount) closed(h *Handle) {
 	for i, o := range hs {
 		if o == h {
 			hs = append(hs[:i:i], hs[i+1:]...)
+			h.node.opens--
 			break
 		}
 	}
