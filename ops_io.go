@@ -79,7 +79,7 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 	// others are on their way.
 	for i := range pieces - 1 {
 		slots <- struct{}{}
-		if err := ctx.Err(); err != nil {
+		if ended(ctx) {
 			errs[i] = fmt.Errorf("perfuse: READ not sent: %w", ctxErrno(ctx))
 			<-slots
 			break
@@ -164,7 +164,7 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 	done := 0
 	var err error
 	for done < len(p) {
-		if ctx.Err() != nil {
+		if ended(ctx) {
 			err = fmt.Errorf("perfuse: WRITE not sent: %w", ctxErrno(ctx))
 			break
 		}

@@ -394,7 +394,7 @@ func (u *Usermount) newMsg(op Opcode, n *Node, payloadLen int, cred *Cred) *Mess
 // context that has already ended fails before anything is sent.
 func (u *Usermount) xchg(ctx context.Context, n *Node, m *Message, wait Wait) error {
 	op := m.Opcode()
-	if ctx.Err() != nil {
+	if ended(ctx) {
 		return fmt.Errorf("perfuse: %s not sent: %w", OpName(op), ctxErrno(ctx))
 	}
 	if d := u.conf.requestTimeout; d > 0 && wait == WaitReply {
@@ -416,6 +416,22 @@ func (u *Usermount) xchg(ctx context.Context, n *Node, m *Message, wait Wait) er
 	u.trace.end(u, rec, err)
 	u.logExchange(m, err)
 	return err
+}
+
+// KernelRequest marks ctx as the context of a kernel request, for a
+// relay: cancelling it stands for the kernel's FUSE_INTERRUPT, which the
+// kernel sends when its caller gets a signal, and then goes on waiting.
+// So the request is sent even if ctx has already ended, FUSE_INTERRUPT
+// follows it, and the daemon's answer is waited for however long it
+// takes, as on a direct mount (only the connection failing ends the wait).
+// Without it, an ended context sends nothing and the wait after
+// INTERRUPT is bounded (WithInterruptGrace).
+func KernelRequest(ctx context.Context) context.Context { return transport.InterruptOnly(ctx) }
+
+// ended reports whether ctx has ended in a way that stops sending: a
+// kernel request's interruption does not (KernelRequest).
+func ended(ctx context.Context) bool {
+	return ctx.Err() != nil && !transport.IsInterruptOnly(ctx)
 }
 
 // ctxErrno is the error of a request whose context has ended: the

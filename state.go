@@ -11,6 +11,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
+	"github.com/perfuse-go/perfuse/internal/transport"
 )
 
 // RootID is the nodeid of the filesystem root (FUSE_ROOT_ID).
@@ -55,10 +56,14 @@ type Node struct {
 // lockWrites takes n's write lock, or gives up when ctx ends.
 func (n *Node) lockWrites(ctx context.Context) error {
 	n.wonce.Do(func() { n.wsem = make(chan struct{}, 1) })
+	done := ctx.Done()
+	if transport.IsInterruptOnly(ctx) {
+		done = nil // a kernel request waits its turn, as under the inode lock
+	}
 	select {
 	case n.wsem <- struct{}{}:
 		return nil
-	case <-ctx.Done():
+	case <-done:
 		return fmt.Errorf("perfuse: waiting behind a write on node %d: %w", n.id, ctxErrno(ctx))
 	}
 }

@@ -90,10 +90,11 @@ func (k *FS) OpenHandles() int {
 }
 
 // request returns the context of a kernel request: cancelled when the
-// kernel interrupts it (the op table then sends FUSE_INTERRUPT) and
-// carrying the caller.
+// kernel interrupts it, which the op table passes on as FUSE_INTERRUPT
+// while it goes on waiting for the daemon, as the kernel does
+// (perfuse.KernelRequest), and carrying the caller.
 func request(cancel <-chan struct{}, h *fuse.InHeader) (context.Context, *perfuse.Cred) {
-	return &fuse.Context{Caller: h.Caller, Cancel: cancel},
+	return perfuse.KernelRequest(&fuse.Context{Caller: h.Caller, Cancel: cancel}),
 		&perfuse.Cred{Uid: h.Uid, Gid: h.Gid, Pid: h.Pid}
 }
 

@@ -302,7 +302,8 @@ func (c *Conn) exchange(ctx context.Context, frame, tail, dst []byte) result {
 	if len(frame) < inHeaderSize {
 		return result{err: fmt.Errorf("transport: request of %d bytes: %w", len(frame), syscall.EINVAL)}
 	}
-	if ctx.Err() != nil {
+	interruptOnly := IsInterruptOnly(ctx)
+	if ctx.Err() != nil && !interruptOnly {
 		return result{err: ctxError(ctx, "not sent")}
 	}
 	unique := wire.Unique(frame)
@@ -326,7 +327,11 @@ func (c *Conn) exchange(ctx context.Context, frame, tail, dst []byte) result {
 	}
 	c.mu.Unlock()
 
-	if err := c.write(ctx, frame, tail); err != nil {
+	sendCtx := ctx
+	if interruptOnly {
+		sendCtx = context.WithoutCancel(ctx)
+	}
+	if err := c.write(sendCtx, frame, tail); err != nil {
 		if c.forget(unique, w) {
 			putWaiter(w)
 		}
@@ -337,6 +342,12 @@ func (c *Conn) exchange(ctx context.Context, frame, tail, dst []byte) result {
 		putWaiter(w)
 		return r
 	case <-ctx.Done():
+	}
+	if interruptOnly {
+		c.interrupt(unique, w)
+		r := <-w.ch // answered, or failed with the connection
+		putWaiter(w)
+		return r
 	}
 	wait := c.grace
 	if wire.OpcodeOf(frame) == wire.OpInit {
@@ -407,6 +418,25 @@ func (c *Conn) unpendLocked(unique uint64, w *waiter) {
 	if w.retry != nil {
 		w.retry.Stop()
 	}
+}
+
+type interruptOnlyKey struct{}
+
+// InterruptOnly marks ctx as a kernel request's, for a relay: its
+// cancellation means the kernel's caller got a signal, which the kernel
+// turns into FUSE_INTERRUPT before it goes on waiting. Such a request is
+// sent even when ctx has already ended, and after INTERRUPT it waits for
+// the daemon's answer however long it takes, as the kernel does (Go
+// programs get signals all the time); the connection failing still ends
+// the wait.
+func InterruptOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, interruptOnlyKey{}, true)
+}
+
+// IsInterruptOnly reports whether ctx was marked by InterruptOnly.
+func IsInterruptOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(interruptOnlyKey{}).(bool)
+	return v
 }
 
 // ctxError is the error of a request whose context ended: the context's

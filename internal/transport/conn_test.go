@@ -688,3 +688,25 @@ func TestUnsolicitedFloodIsBoundedAcrossConnections(t *testing.T) {
 	}
 	t.Logf("%d MB queued across %d connections", queuedAll.Load()>>20, len(conns))
 }
+
+// A kernel request (InterruptOnly) is sent even when its context has
+// already ended, and after INTERRUPT it waits for the daemon's answer past
+// any grace: the kernel, whose caller got a signal, waits too.
+func TestInterruptOnlyRequestIsSentAndAnswered(t *testing.T) {
+	c, peer := pair(t, Options{InterruptGrace: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ch := exchange(c, InterruptOnly(ctx), request(wire.OpGetattr, 2, 1, nil))
+	if req := readReq(t, peer); wire.OpcodeOf(req) != wire.OpGetattr {
+		t.Fatalf("first frame % x, want the GETATTR", req)
+	}
+	if intr := readReq(t, peer); wire.OpcodeOf(intr) != wire.OpInterrupt {
+		t.Fatalf("second frame % x, want its INTERRUPT", intr)
+	}
+	time.Sleep(100 * time.Millisecond) // well past the grace
+	unix.Write(peer, reply(2, 0, []byte("attrs")))
+	r := waitResult(t, ch, 5*time.Second)
+	if r.err != nil || string(r.frame[outHeaderSize:]) != "attrs" {
+		t.Fatalf("interrupted kernel request: %q, %v; want the daemon's answer", r.frame, r.err)
+	}
+}
