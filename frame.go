@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/bufpool"
 	"github.com/perfuse-go/perfuse/internal/wire"
 )
@@ -164,11 +163,11 @@ func (m *Message) Request() []byte {
 
 // InHeader returns the request's header, in place, or nil for a message
 // that holds only a reply (an unsolicited frame).
-func (m *Message) InHeader() *fuse.InHeader {
+func (m *Message) InHeader() *InHeader {
 	if len(m.in) < inHeaderSize {
 		return nil
 	}
-	return (*fuse.InHeader)(unsafe.Pointer(&m.in[0]))
+	return (*InHeader)(unsafe.Pointer(&m.in[0]))
 }
 
 // InPayload returns the request payload that follows the in header.
@@ -205,7 +204,7 @@ func (m *Message) replyLen() int { return len(m.out) + len(m.payload) }
 
 // OutHeader returns a copy of the reply header, or false when there is no
 // reply of at least a header's length.
-func (m *Message) OutHeader() (fuse.OutHeader, bool) {
+func (m *Message) OutHeader() (OutHeader, bool) {
 	return parseOutHeader(m.out)
 }
 
@@ -220,8 +219,8 @@ func (m *Message) OutPayload() []byte {
 	return m.out[outHeaderSize:]
 }
 
-func parseOutHeader(b []byte) (fuse.OutHeader, bool) {
-	var h fuse.OutHeader
+func parseOutHeader(b []byte) (OutHeader, bool) {
+	var h OutHeader
 	if len(b) < outHeaderSize {
 		return h, false
 	}
@@ -289,7 +288,7 @@ type Dirent struct {
 // DirentPlus is one READDIRPLUS record: the entry and its lookup result.
 // Entry.NodeId is 0 when the daemon gave no lookup.
 type DirentPlus struct {
-	Entry fuse.EntryOut
+	Entry EntryOut
 	Dirent
 	// Node is the looked-up node when the entry counts a lookup (a
 	// nodeid, and not "." or ".."); set by Usermount.NodeReaddirplus,
@@ -299,7 +298,7 @@ type DirentPlus struct {
 
 const (
 	direntHeaderSize = 24 // ino, off, namelen, type
-	entryOutSize     = int(unsafe.Sizeof(fuse.EntryOut{}))
+	entryOutSize     = int(unsafe.Sizeof(EntryOut{}))
 	fuseNameMax      = 1024 // the kernel's FUSE_NAME_MAX
 )
 

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // FS returns a read-only io/fs view of the daemon's tree, for tools and
@@ -36,6 +34,8 @@ import (
 // A fifo, socket or device opens without a request to the daemon (the
 // kernel sends none either, and a daemon's open(2) of a fifo would
 // block); Stat works and Read fails with EOPNOTSUPP.
+//
+// A FileInfo's Sys is its node's attributes, an *Attr.
 //
 // Errors are *fs.PathError values naming the operation and the caller's
 // path, wrapping the daemon's errno. The view may be used by several
@@ -62,16 +62,16 @@ var errOutside = fmt.Errorf("perfuse: symbolic link leads outside the io/fs view
 // step is a directory walked by resolve, holding one lookup.
 type step struct {
 	n    *Node
-	attr fuse.Attr
+	attr Attr
 }
 
 // resolve checks name and walks it from the view's root, following the
 // links on the way, and the last one too when follow is set. It returns
 // the node reached with one lookup held (none for the root) and its
 // attributes; an error is a *fs.PathError for op and name.
-func (f *iofs) resolve(op, name string, follow bool) (*Node, fuse.Attr, error) {
+func (f *iofs) resolve(op, name string, follow bool) (*Node, Attr, error) {
 	if !fs.ValidPath(name) {
-		return nil, fuse.Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
+		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
 	n, attr, err := f.walk(path.Join(f.prefix, name), follow)
 	if err != nil {
@@ -84,7 +84,7 @@ func (f *iofs) resolve(op, name string, follow bool) (*Node, fuse.Attr, error) {
 // directories walked stay held on a stack, so that a ".." in a link's
 // target goes back to the directory the walk came through, as in the
 // kernel, with no LOOKUP of "..".
-func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
+func (f *iofs) walk(name string, follow bool) (*Node, Attr, error) {
 	var stack []step
 	defer func() {
 		for _, s := range stack {
@@ -103,7 +103,7 @@ func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
 		if len(stack) > 0 {
 			top := stack[len(stack)-1]
 			if top.attr.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-				return nil, fuse.Attr{}, syscall.ENOTDIR
+				return nil, Attr{}, syscall.ENOTDIR
 			}
 			dir = top.n
 		}
@@ -112,7 +112,7 @@ func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
 			continue
 		case "..":
 			if len(stack) == 0 {
-				return nil, fuse.Attr{}, errOutside
+				return nil, Attr{}, errOutside
 			}
 			f.release(stack[len(stack)-1].n)
 			stack = stack[:len(stack)-1]
@@ -120,7 +120,7 @@ func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
 		}
 		e, err := f.u.NodeLookup(f.ctx, f.cred, dir, part)
 		if err != nil {
-			return nil, fuse.Attr{}, err
+			return nil, Attr{}, err
 		}
 		// A trailing "" (a target ending in "/") follows the link too.
 		if e.Attr.Mode&syscall.S_IFMT != syscall.S_IFLNK || (len(todo) == 0 && !follow) {
@@ -129,22 +129,22 @@ func (f *iofs) walk(name string, follow bool) (*Node, fuse.Attr, error) {
 		}
 		if links++; links > maxLinks {
 			f.release(e.Node)
-			return nil, fuse.Attr{}, syscall.ELOOP
+			return nil, Attr{}, syscall.ELOOP
 		}
 		target, err := f.u.NodeReadlink(f.ctx, f.cred, e.Node)
 		f.release(e.Node)
 		if err != nil {
-			return nil, fuse.Attr{}, err
+			return nil, Attr{}, err
 		}
 		if path.IsAbs(target) {
-			return nil, fuse.Attr{}, errOutside
+			return nil, Attr{}, errOutside
 		}
 		todo = append(strings.Split(target, "/"), todo...)
 	}
 	if len(stack) == 0 {
 		a, err := f.u.NodeGetattr(f.ctx, f.cred, f.u.root, nil)
 		if err != nil {
-			return nil, fuse.Attr{}, err
+			return nil, Attr{}, err
 		}
 		return f.u.root, a.Attr, nil
 	}
@@ -443,7 +443,7 @@ func (e *dirEntry) String() string { return fs.FormatDirEntry(e) }
 
 type fileInfo struct {
 	name string
-	attr fuse.Attr
+	attr Attr
 }
 
 func (i *fileInfo) Name() string { return i.name }

@@ -11,14 +11,14 @@ import (
 // Attributes and permissions.
 
 // setattrChanges are the valid bits that ask the daemon to change
-// something; FATTR_FH and FATTR_LOCKOWNER only qualify a request.
-const setattrChanges = fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID | fuse.FATTR_SIZE |
-	fuse.FATTR_ATIME | fuse.FATTR_MTIME | fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW |
-	fuse.FATTR_CTIME | fuse.FATTR_KILL_SUIDGID
+// something; FattrFh and FattrLockowner only qualify a request.
+const setattrChanges = FattrMode | FattrUid | FattrGid | FattrSize |
+	FattrAtime | FattrMtime | FattrAtimeNow | FattrMtimeNow |
+	FattrCtime | FattrKillSuidgid
 
 // NodeGetattr fetches n's attributes (FUSE_GETATTR), with h's file handle
 // when the node is open as a file.
-func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Handle) (*fuse.AttrOut, error) {
+func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Handle) (*AttrOut, error) {
 	if h != nil {
 		// A released fh may already name another open in the daemon.
 		if err := usable(h); err != nil {
@@ -29,7 +29,7 @@ func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 	if h != nil && !h.dir {
 		in.Flags_, in.Fh_ = fuse.FUSE_GETATTR_FH, h.fh
 	}
-	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpGetattr, node: n, cred: cred, in: fixed(OpGetattr, &in)})
+	out, err := roundTrip[AttrOut](ctx, u, request{op: OpGetattr, node: n, cred: cred, in: fixed(OpGetattr, &in)})
 	if err != nil {
 		return nil, err
 	}
@@ -38,13 +38,13 @@ func (u *Usermount) NodeGetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 }
 
 // NodeSetattr changes n's attributes (FUSE_SETATTR) as in.Valid says
-// (FATTR_* bits with their fields), and returns the attributes the daemon
+// (Fattr* bits with their fields), and returns the attributes the daemon
 // answers, which also become n's cached ones. With h, an open of a file,
-// the request carries its handle (FATTR_FH), as ftruncate(2) does. A
+// the request carries its handle (FattrFh), as ftruncate(2) does. A
 // request with nothing to change is not sent: the current attributes are
 // fetched instead. Times not being set still carry the cached values,
 // for daemons (GlusterFS) that reset fields they were not asked to set.
-func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Handle, in *fuse.SetAttrIn) (*fuse.AttrOut, error) {
+func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Handle, in *SetAttrIn) (*AttrOut, error) {
 	if in == nil {
 		return nil, syscall.EINVAL
 	}
@@ -57,29 +57,30 @@ func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 	if req.Valid&setattrChanges == 0 {
 		return u.NodeGetattr(ctx, cred, n, h)
 	}
-	if req.Valid&fuse.FATTR_SIZE != 0 && n.IsDir() {
+	if req.Valid&FattrSize != 0 && n.IsDir() {
 		return nil, syscall.EISDIR
 	}
 	if h != nil && !h.dir {
-		req.Valid |= fuse.FATTR_FH
+		req.Valid |= FattrFh
 		req.Fh = h.fh
 	}
 	if a, ok := n.Attr(); ok {
-		if req.Valid&(fuse.FATTR_ATIME|fuse.FATTR_ATIME_NOW) == 0 {
+		if req.Valid&(FattrAtime|FattrAtimeNow) == 0 {
 			req.Atime, req.Atimensec = a.Atime, a.Atimensec
 		}
-		if req.Valid&(fuse.FATTR_MTIME|fuse.FATTR_MTIME_NOW) == 0 {
+		if req.Valid&(FattrMtime|FattrMtimeNow) == 0 {
 			req.Mtime, req.Mtimensec = a.Mtime, a.Mtimensec
 		}
 	}
-	if req.Valid&fuse.FATTR_SIZE != 0 {
+	if req.Valid&FattrSize != 0 {
 		// A size change and the writes on the node are ordered.
 		if err := n.lockWrites(ctx); err != nil {
 			return nil, err
 		}
 		defer n.unlockWrites()
 	}
-	out, err := roundTrip[fuse.AttrOut](ctx, u, request{op: OpSetattr, node: n, cred: cred, in: fixed(OpSetattr, &req)})
+	// SetAttrIn is the whole fixed part: it has no in header to cut.
+	out, err := roundTrip[AttrOut](ctx, u, request{op: OpSetattr, node: n, cred: cred, in: structBytes(&req)})
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +128,7 @@ func (u *Usermount) NodeAccess(ctx context.Context, cred *Cred, n *Node, mask ui
 // accessCheck is the owner/group/other check of the cached mode. Root
 // (or no caller) may do anything but execute a file that nobody may
 // execute. Only the caller's primary group is known.
-func accessCheck(a *fuse.Attr, cred *Cred, mask uint32) error {
+func accessCheck(a *Attr, cred *Cred, mask uint32) error {
 	if cred == nil || cred.Uid == 0 {
 		if mask&AccessExec != 0 && a.Mode&syscall.S_IFMT != syscall.S_IFDIR && a.Mode&0o111 == 0 {
 			return syscall.EACCES

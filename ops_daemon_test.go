@@ -88,17 +88,17 @@ func exerciseWritable(t *testing.T, u *Usermount, under string) {
 	}
 
 	// truncate through the handle, chmod, chown, utimes.
-	_, err = u.NodeSetattr(ctx, nil, e.Node, h, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE, Size: 1000}})
+	_, err = u.NodeSetattr(ctx, nil, e.Node, h, &SetAttrIn{Valid: FattrSize, Size: 1000})
 	must("truncate", err)
 	if st, err := os.Stat(host("f")); err != nil || st.Size() != 1000 {
 		t.Errorf("host size after truncate: %v %v", st.Size(), err)
 	}
 	mtime := time.Date(2001, 2, 3, 4, 5, 6, 7000, time.UTC)
-	out, err := u.NodeSetattr(ctx, nil, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{
-		Valid: fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID | fuse.FATTR_MTIME | fuse.FATTR_ATIME,
-		Mode:  0o640, Owner: fuse.Owner{Uid: 1234, Gid: 5678},
+	out, err := u.NodeSetattr(ctx, nil, e.Node, nil, &SetAttrIn{
+		Valid: FattrMode | FattrUid | FattrGid | FattrMtime | FattrAtime,
+		Mode:  0o640, Owner: Owner{Uid: 1234, Gid: 5678},
 		Mtime: uint64(mtime.Unix()), Mtimensec: uint32(mtime.Nanosecond()), Atime: uint64(mtime.Unix()),
-	}})
+	})
 	must("chmod/chown/utimes", err)
 	var st syscall.Stat_t
 	must("host stat", syscall.Stat(host("f"), &st))
@@ -173,34 +173,34 @@ func exerciseWritable(t *testing.T, u *Usermount, under string) {
 	if flags&fuse.CAP_POSIX_LOCKS != 0 {
 		hb, err := u.NodeOpen(ctx, nil, e.Node, syscall.O_RDWR)
 		must("second open", err)
-		wr := fuse.FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK}
+		wr := FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK}
 		_, err = u.NodeAdvlock(ctx, nil, h, OpSetlk, 1, wr, 0)
 		must("setlk", err)
 		if !slices.ContainsFunc(procLocks(t, st.Ino), func(s string) bool { return strings.Contains(s, "WRITE") }) {
 			t.Errorf("no write lock in /proc/locks for inode %d: %q", st.Ino, procLocks(t, st.Ino))
 		}
-		probe := fuse.FileLock{Start: 50, End: 60, Typ: syscall.F_WRLCK}
+		probe := FileLock{Start: 50, End: 60, Typ: syscall.F_WRLCK}
 		if got, err := u.NodeAdvlock(ctx, nil, hb, OpGetlk, 2, probe, 0); err != nil || got.Typ != syscall.F_WRLCK || got.Start != 0 || got.End != 99 {
 			t.Errorf("getlk: %+v %v", got, err)
 		}
 		if _, err := u.NodeAdvlock(ctx, nil, hb, OpSetlk, 2, probe, 0); !errors.Is(err, syscall.EAGAIN) {
 			t.Errorf("conflicting setlk: %v, want EAGAIN", err)
 		}
-		_, err = u.NodeAdvlock(ctx, nil, h, OpSetlk, 1, fuse.FileLock{Start: 0, End: OffsetMax, Typ: syscall.F_UNLCK}, 0)
+		_, err = u.NodeAdvlock(ctx, nil, h, OpSetlk, 1, FileLock{Start: 0, End: OffsetMax, Typ: syscall.F_UNLCK}, 0)
 		must("unlock", err)
 		_, err = u.NodeAdvlock(ctx, nil, hb, OpSetlkw, 2, probe, 0)
 		must("setlkw after unlock", err)
 		if flags&fuse.CAP_FLOCK_LOCKS != 0 {
-			whole := fuse.FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}
-			_, err = u.NodeAdvlock(ctx, nil, h2, OpSetlk, 3, whole, fuse.LK_FLOCK)
+			whole := FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}
+			_, err = u.NodeAdvlock(ctx, nil, h2, OpSetlk, 3, whole, LkFlock)
 			must("flock", err)
 			hc, err := u.NodeOpen(ctx, nil, e2.Node, syscall.O_RDONLY)
 			must("open for flock", err)
-			if _, err := u.NodeAdvlock(ctx, nil, hc, OpSetlk, 4, whole, fuse.LK_FLOCK); !errors.Is(err, syscall.EAGAIN) {
+			if _, err := u.NodeAdvlock(ctx, nil, hc, OpSetlk, 4, whole, LkFlock); !errors.Is(err, syscall.EAGAIN) {
 				t.Errorf("second flock: %v, want EAGAIN", err)
 			}
 			must("close flock holder", u.NodeClose(ctx, nil, h2, 3))
-			_, err = u.NodeAdvlock(ctx, nil, hc, OpSetlk, 4, whole, fuse.LK_FLOCK)
+			_, err = u.NodeAdvlock(ctx, nil, hc, OpSetlk, 4, whole, LkFlock)
 			must("flock after the holder closed", err)
 			must("close", u.NodeClose(ctx, nil, hc, 4))
 		}
@@ -482,7 +482,7 @@ func TestCountingDaemonBalances(t *testing.T) {
 	u.NodeOpen(ctx, nil, e2.Node, syscall.O_RDONLY)
 	h3, _ := u.NodeOpen(ctx, nil, e2.Node, syscall.O_RDONLY)
 	u.NodeClose(ctx, nil, h3, 0)
-	u.NodeAdvlock(ctx, nil, h1, OpSetlk, 1, fuse.FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}, fuse.LK_FLOCK)
+	u.NodeAdvlock(ctx, nil, h1, OpSetlk, 1, FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}, LkFlock)
 	// Some lookups given back before unmount, the rest at it.
 	u.NodeReclaim(ctx, d.Node, 1)
 	entries, _, opens, _ := counting.Totals()

@@ -52,10 +52,17 @@ func (u *Usermount) NodeCreate(ctx context.Context, cred *Cred, dir *Node, name 
 	return u.createByMknod(ctx, cred, dir, name, flags, mode, umask)
 }
 
+// createOut is CREATE's reply, fuse.CreateOut with perfuse's EntryOut
+// (TestLayout holds the two to the same layout).
+type createOut struct {
+	EntryOut
+	fuse.OpenOut
+}
+
 func (u *Usermount) create(ctx context.Context, cred *Cred, dir *Node, name string, flags int, mode, umask uint32) (*Entry, *Handle, error) {
 	f := uint32(flags &^ syscall.O_NOCTTY)
 	in := fuse.CreateIn{Flags: f, Mode: u.masked(mode, umask), Umask: umask}
-	out, err := roundTrip[fuse.CreateOut](ctx, u, request{op: OpCreate, node: dir, cred: cred, in: fixed(OpCreate, &in), names: []string{name}})
+	out, err := roundTrip[createOut](ctx, u, request{op: OpCreate, node: dir, cred: cred, in: fixed(OpCreate, &in), names: []string{name}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -168,7 +175,7 @@ func (u *Usermount) NodeLink(ctx context.Context, cred *Cred, n *Node, dir *Node
 // mkEntry sends r, which creates name, and counts the entry it answers
 // (of type typ, 0: any).
 func (u *Usermount) mkEntry(ctx context.Context, r request, name string, typ uint32) (*Entry, error) {
-	out, err := roundTrip[fuse.EntryOut](ctx, u, r)
+	out, err := roundTrip[EntryOut](ctx, u, r)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +188,7 @@ func (u *Usermount) mkEntry(ctx context.Context, r request, name string, typ uin
 // checkNewEntry refuses, with EIO as the kernel does, the entry of a
 // created name that has no nodeid, the root's, or the wrong type (typ 0:
 // any). A refused entry the daemon counted is forgotten again.
-func (u *Usermount) checkNewEntry(ctx context.Context, op Opcode, out *fuse.EntryOut, typ uint32, beforeForget func()) error {
+func (u *Usermount) checkNewEntry(ctx context.Context, op Opcode, out *EntryOut, typ uint32, beforeForget func()) error {
 	valid := out.NodeId != 0 && out.NodeId != RootID
 	if valid && (typ == 0 || out.Attr.Mode&syscall.S_IFMT == typ) {
 		return nil

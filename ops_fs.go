@@ -133,8 +133,8 @@ func (u *Usermount) Negotiated() (minor uint32, flags uint64, maxWrite, maxRead 
 
 // FsStatvfs asks the daemon for filesystem statistics (FUSE_STATFS on the
 // root).
-func (u *Usermount) FsStatvfs(ctx context.Context, cred *Cred) (*fuse.StatfsOut, error) {
-	return roundTrip[fuse.StatfsOut](ctx, u, request{op: OpStatfs, node: u.root, cred: cred})
+func (u *Usermount) FsStatvfs(ctx context.Context, cred *Cred) (*StatfsOut, error) {
+	return roundTrip[StatfsOut](ctx, u, request{op: OpStatfs, node: u.root, cred: cred})
 }
 
 // FsUnmount ends the session with the daemon as a forced unmount (what

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"syscall"
 	"testing"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // FuzzOpReplies feeds arbitrary reply payloads and statuses to the
@@ -57,7 +55,7 @@ func FuzzOpReplies(f *testing.F) {
 		case 5:
 			_, err = u.NodePoll(ctx, nil, h, 0, 0, PollIn)
 		case 6:
-			_, err = u.NodeAdvlock(ctx, nil, h, OpGetlk, 1, fuse.FileLock{End: 10, Typ: syscall.F_RDLCK}, 0)
+			_, err = u.NodeAdvlock(ctx, nil, h, OpGetlk, 1, FileLock{End: 10, Typ: syscall.F_RDLCK}, 0)
 		case 7:
 			_, _, err = u.NodeGetextattr(ctx, nil, file, "user.a", 0)
 		case 8:
@@ -70,7 +68,7 @@ func FuzzOpReplies(f *testing.F) {
 				t.Fatalf("%d nodes held after refusing every entry", u.NodeCount())
 			}
 		case 11:
-			_, err = u.NodeSetattr(ctx, nil, file, h, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE}})
+			_, err = u.NodeSetattr(ctx, nil, file, h, &SetAttrIn{Valid: FattrSize})
 		}
 		var errno syscall.Errno
 		if err != nil && !errors.As(err, &errno) {

@@ -9,7 +9,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// Advisory locks: POSIX record locks (fcntl) and, with fuse.LK_FLOCK,
+// Advisory locks: POSIX record locks (fcntl) and, with LkFlock,
 // whole-file flock(2) locks.
 
 // OffsetMax is the end of a lock that runs to the end of file.
@@ -40,36 +40,36 @@ func LockRange(start, length int64) (uint64, uint64, error) {
 // NodeAdvlock tests (OpGetlk), takes or drops (OpSetlk, or OpSetlkw to
 // wait) an advisory lock of owner on the open file h. lk holds the
 // inclusive range (see LockRange), the type (F_RDLCK, F_WRLCK, F_UNLCK)
-// and the pid. With lkFlags fuse.LK_FLOCK it is a flock(2) lock of the
+// and the pid. With lkFlags LkFlock it is a flock(2) lock of the
 // whole file: RELEASE of h then drops it. GETLK returns the conflicting
 // lock, or lk with type F_UNLCK when there is none. A daemon that did not
 // accept POSIX_LOCKS (FLOCK_LOCKS for flock) gets nothing: ENOSYS, and the
 // caller keeps its locks locally, as the kernel then does.
-func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op Opcode, owner uint64, lk fuse.FileLock, lkFlags uint32) (fuse.FileLock, error) {
+func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op Opcode, owner uint64, lk FileLock, lkFlags uint32) (FileLock, error) {
 	if err := usable(h); err != nil {
-		return fuse.FileLock{}, err
+		return FileLock{}, err
 	}
-	flock := lkFlags&fuse.LK_FLOCK != 0
+	flock := lkFlags&LkFlock != 0
 	switch {
 	case op != OpGetlk && op != OpSetlk && op != OpSetlkw, op == OpGetlk && flock:
-		return fuse.FileLock{}, fmt.Errorf("perfuse: advlock %s: %w", op, syscall.EINVAL)
+		return FileLock{}, fmt.Errorf("perfuse: advlock %s: %w", op, syscall.EINVAL)
 	case lk.Typ != syscall.F_RDLCK && lk.Typ != syscall.F_WRLCK && lk.Typ != syscall.F_UNLCK:
-		return fuse.FileLock{}, fmt.Errorf("perfuse: lock type %d: %w", lk.Typ, syscall.EINVAL)
+		return FileLock{}, fmt.Errorf("perfuse: lock type %d: %w", lk.Typ, syscall.EINVAL)
 	case lk.Start > lk.End || lk.End > OffsetMax:
-		return fuse.FileLock{}, fmt.Errorf("perfuse: lock range %d-%d: %w", lk.Start, lk.End, syscall.EINVAL)
+		return FileLock{}, fmt.Errorf("perfuse: lock range %d-%d: %w", lk.Start, lk.End, syscall.EINVAL)
 	}
 	want := uint64(fuse.CAP_POSIX_LOCKS)
 	if flock {
 		want = fuse.CAP_FLOCK_LOCKS
 	}
 	if u.limits().flags&want == 0 {
-		return fuse.FileLock{}, fmt.Errorf("perfuse: daemon does not do these locks: %w", syscall.ENOSYS)
+		return FileLock{}, fmt.Errorf("perfuse: daemon does not do these locks: %w", syscall.ENOSYS)
 	}
-	in := fuse.LkIn{Fh: h.fh, Owner: owner, Lk: lk, LkFlags: lkFlags}
+	in := fuse.LkIn{Fh: h.fh, Owner: owner, Lk: fuse.FileLock(lk), LkFlags: lkFlags}
 	r := request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}
 	if op != OpGetlk {
 		if err := u.do(ctx, r, nil); err != nil {
-			return fuse.FileLock{}, err
+			return FileLock{}, err
 		}
 		if flock {
 			h.flockOwner.Store(owner)
@@ -78,14 +78,14 @@ func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op O
 	}
 	out, err := roundTrip[fuse.LkOut](ctx, u, r)
 	if err != nil {
-		return fuse.FileLock{}, err
+		return FileLock{}, err
 	}
 	if flock {
 		h.flockOwner.Store(owner)
 	}
-	got := out.Lk
+	got := FileLock(out.Lk)
 	if got.Typ != syscall.F_UNLCK && (got.Start > got.End || got.End > OffsetMax || got.Typ != syscall.F_RDLCK && got.Typ != syscall.F_WRLCK) {
-		return fuse.FileLock{}, errProto(op, "lock %+v", got)
+		return FileLock{}, errProto(op, "lock %+v", got)
 	}
 	return got, nil
 }

@@ -19,7 +19,7 @@ const nameMax = 255
 // generation, timeouts, attributes).
 type Entry struct {
 	Node *Node
-	fuse.EntryOut
+	EntryOut
 }
 
 // Handle is one open of a node: the daemon's file handle and the flags it
@@ -100,7 +100,7 @@ func (u *Usermount) NodeLookup(ctx context.Context, cred *Cred, dir *Node, name 
 	if err := checkName(name); err != nil {
 		return nil, err
 	}
-	out, err := roundTrip[fuse.EntryOut](ctx, u, request{op: OpLookup, node: dir, cred: cred, names: []string{name}})
+	out, err := roundTrip[EntryOut](ctx, u, request{op: OpLookup, node: dir, cred: cred, names: []string{name}})
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func (u *Usermount) NodeLookup(ctx context.Context, cred *Cred, dir *Node, name 
 
 // entry counts the lookup of an entry reply. Nodeid 0 is a negative
 // entry: ENOENT.
-func (u *Usermount) entry(out *fuse.EntryOut, name string) (*Entry, error) {
+func (u *Usermount) entry(out *EntryOut, name string) (*Entry, error) {
 	if out.NodeId == 0 {
 		return nil, &NegativeEntry{EntryOut: *out}
 	}
@@ -120,7 +120,7 @@ func (u *Usermount) entry(out *fuse.EntryOut, name string) (*Entry, error) {
 // 0: the name does not exist (it unwraps to ENOENT), and EntryOut's entry
 // timeout says how long a kernel may cache that answer.
 type NegativeEntry struct {
-	fuse.EntryOut
+	EntryOut
 }
 
 func (e *NegativeEntry) Error() string {
@@ -153,7 +153,7 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	h := u.opened(&Handle{node: n, fh: out.Fh, dir: op == OpOpendir, flags: f, openFlags: out.OpenFlags})
 	u.debug(DiagFH, "perfuse: opened", "nodeid", n.id, "fh", h.fh, "dir", h.dir)
 	if truncate {
-		in := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE}}
+		in := SetAttrIn{Valid: FattrSize}
 		if _, err := u.NodeSetattr(ctx, cred, n, h, &in); err != nil {
 			u.NodeRelease(context.WithoutCancel(ctx), h)
 			return nil, err

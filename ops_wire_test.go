@@ -426,13 +426,13 @@ func TestSetattrFrame(t *testing.T) {
 	}
 	h := openNode(t, p, u, e.Node, syscall.O_RDWR, 9)
 	p.Expect(OpSetattr).Nodeid(5).Reply(fuse.AttrOut{Attr: fuse.Attr{Ino: 5, Mode: syscall.S_IFREG | 0o600, Size: 10, Owner: fuse.Owner{Uid: 7}}})
-	out, err := u.NodeSetattr(ctx, caller, e.Node, h, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{
-		Valid: fuse.FATTR_SIZE | fuse.FATTR_MODE | fuse.FATTR_LOCKOWNER, Size: 10, Mode: 0o600, LockOwner: 77}})
+	out, err := u.NodeSetattr(ctx, caller, e.Node, h, &SetAttrIn{
+		Valid: FattrSize | FattrMode | FattrLockowner, Size: 10, Mode: 0o600, LockOwner: 77})
 	if err != nil || out.Size != 10 {
 		t.Fatalf("%+v %v", out, err)
 	}
 	in, _ := fakepeer.In[fuse.SetAttrIn](lastReq(t, p, OpSetattr))
-	if in.Valid != fuse.FATTR_SIZE|fuse.FATTR_MODE|fuse.FATTR_LOCKOWNER|fuse.FATTR_FH || in.Fh != 9 || in.Size != 10 ||
+	if in.Valid != FattrSize|FattrMode|FattrLockowner|FattrFh || in.Fh != 9 || in.Size != 10 ||
 		in.Mode != 0o600 || in.LockOwner != 77 || in.Atime != 111 || in.Mtime != 222 || in.Mtimensec != 3 {
 		t.Errorf("SETATTR %+v", in)
 	}
@@ -446,24 +446,24 @@ func TestSetattrFrame(t *testing.T) {
 	}
 	// Nothing to change: GETATTR instead.
 	p.Expect(OpGetattr).Nodeid(5).Reply(attrOut(5, syscall.S_IFREG|0o600, 10))
-	if _, err := u.NodeSetattr(ctx, nil, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_LOCKOWNER}}); err != nil {
+	if _, err := u.NodeSetattr(ctx, nil, e.Node, nil, &SetAttrIn{Valid: FattrLockowner}); err != nil {
 		t.Fatal(err)
 	}
 	if count(p, OpSetattr) != 1 {
 		t.Errorf("%d SETATTRs for nothing to change", count(p, OpSetattr))
 	}
 	p.Expect(OpSetattr).ReplyErrno(syscall.EPERM)
-	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_UID, Owner: fuse.Owner{Uid: 0}}}); !errors.Is(err, syscall.EPERM) {
+	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &SetAttrIn{Valid: FattrUid, Owner: Owner{Uid: 0}}); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("chown refused: %v", err)
 	}
-	if in, _ := fakepeer.In[fuse.SetAttrIn](lastReq(t, p, OpSetattr)); in.Valid != fuse.FATTR_UID {
+	if in, _ := fakepeer.In[fuse.SetAttrIn](lastReq(t, p, OpSetattr)); in.Valid != FattrUid {
 		t.Errorf("SETATTR without handle has valid %#x", in.Valid)
 	}
 	p.Expect(OpSetattr).Reply(make([]byte, 50))
-	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_MODE}}); !errors.Is(err, syscall.EPROTO) {
+	if _, err := u.NodeSetattr(ctx, caller, e.Node, nil, &SetAttrIn{Valid: FattrMode}); !errors.Is(err, syscall.EPROTO) {
 		t.Errorf("short SETATTR reply: %v", err)
 	}
-	if _, err := u.NodeSetattr(ctx, caller, u.Root(), nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE}}); !errors.Is(err, syscall.EISDIR) {
+	if _, err := u.NodeSetattr(ctx, caller, u.Root(), nil, &SetAttrIn{Valid: FattrSize}); !errors.Is(err, syscall.EISDIR) {
 		t.Errorf("truncate of a directory: %v", err)
 	}
 	atUnmount(p)
@@ -762,19 +762,19 @@ func TestAdvlockFrames(t *testing.T) {
 	if _, _, err := LockRange(5, -10); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("LockRange(5, -10): %v", err)
 	}
-	lk := fuse.FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK, Pid: 42}
+	lk := FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK, Pid: 42}
 	for _, op := range []Opcode{OpSetlk, OpSetlkw} {
 		p.Expect(op).Nodeid(5)
 		if _, err := u.NodeAdvlock(ctx, caller, h, op, 0xabc, lk, 0); err != nil {
 			t.Fatal(err)
 		}
 		in, _ := fakepeer.In[fuse.LkIn](lastReq(t, p, op))
-		if in.Fh != 3 || in.Owner != 0xabc || in.Lk != lk || in.LkFlags != 0 {
+		if in.Fh != 3 || in.Owner != 0xabc || FileLock(in.Lk) != lk || in.LkFlags != 0 {
 			t.Errorf("%s %+v", op, in)
 		}
 	}
-	conflict := fuse.FileLock{Start: 50, End: 60, Typ: syscall.F_RDLCK, Pid: 7}
-	p.Expect(OpGetlk).Reply(fuse.LkOut{Lk: conflict})
+	conflict := FileLock{Start: 50, End: 60, Typ: syscall.F_RDLCK, Pid: 7}
+	p.Expect(OpGetlk).Reply(fuse.LkOut{Lk: fuse.FileLock(conflict)})
 	if got, err := u.NodeAdvlock(ctx, caller, h, OpGetlk, 1, lk, 0); err != nil || got != conflict {
 		t.Errorf("GETLK: %+v %v", got, err)
 	}
@@ -786,7 +786,7 @@ func TestAdvlockFrames(t *testing.T) {
 	if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 2, lk, 0); !errors.Is(err, syscall.EAGAIN) {
 		t.Errorf("conflicting SETLK: %v", err)
 	}
-	for _, bad := range []fuse.FileLock{{Start: 5, End: 4}, {Typ: 9, End: 1}} {
+	for _, bad := range []FileLock{{Start: 5, End: 4}, {Typ: 9, End: 1}} {
 		if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 2, bad, 0); !errors.Is(err, syscall.EINVAL) {
 			t.Errorf("lock %+v: %v", bad, err)
 		}
@@ -796,12 +796,12 @@ func TestAdvlockFrames(t *testing.T) {
 	}
 	// flock: LK_FLOCK on the whole file; RELEASE then unlocks it.
 	p.Expect(OpSetlk).Match(func(_ *fuse.InHeader, b []byte) error {
-		if nativeEndian.Uint32(b[40:]) != fuse.LK_FLOCK {
+		if nativeEndian.Uint32(b[40:]) != LkFlock {
 			return fmt.Errorf("lk_flags %d", nativeEndian.Uint32(b[40:]))
 		}
 		return nil
 	})
-	if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 0xf11e, fuse.FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}, fuse.LK_FLOCK); err != nil {
+	if _, err := u.NodeAdvlock(ctx, caller, h, OpSetlk, 0xf11e, FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}, LkFlock); err != nil {
 		t.Fatal(err)
 	}
 	p.Expect(OpRelease).Nodeid(5)
@@ -1150,7 +1150,7 @@ func TestOpenTruncWithoutAtomicOTrunc(t *testing.T) {
 	p.Expect(OpSetattr).Match(func(h *fuse.InHeader, payload []byte) error {
 		var in fuse.SetAttrIn
 		copy(structBytes(&in)[inHeaderSize:], payload)
-		if in.Valid != fuse.FATTR_SIZE|fuse.FATTR_FH || in.Size != 0 || in.Fh != 4 {
+		if in.Valid != FattrSize|FattrFh || in.Size != 0 || in.Fh != 4 {
 			return fmt.Errorf("SETATTR %+v", in.SetAttrInCommon)
 		}
 		return nil

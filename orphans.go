@@ -99,7 +99,7 @@ func (o *orphanage) untrack(m *Message) {
 
 // lateReply undoes what a reply to an abandoned request created. It
 // reports whether the frame answered a tracked request.
-func (o *orphanage) lateReply(u *Usermount, h fuse.OutHeader, m *Message) bool {
+func (o *orphanage) lateReply(u *Usermount, h OutHeader, m *Message) bool {
 	o.mu.Lock()
 	rec, ok := o.byU[h.Unique]
 	delete(o.byU, h.Unique)
@@ -118,7 +118,7 @@ func (o *orphanage) lateReply(u *Usermount, h fuse.OutHeader, m *Message) bool {
 	defer cancel()
 	var forget []forgetOne
 	entry := func(b []byte) {
-		if e, err := decodeExact[fuse.EntryOut](rec.op, b); err == nil && e.NodeId != 0 {
+		if e, err := decodeExact[EntryOut](rec.op, b); err == nil && e.NodeId != 0 {
 			forget = append(forget, forgetOne{nodeid: e.NodeId, nlookup: 1})
 		}
 	}
@@ -134,8 +134,8 @@ func (o *orphanage) lateReply(u *Usermount, h fuse.OutHeader, m *Message) bool {
 		release(p, rec.nodeid, rec.op == OpOpendir)
 	case OpCreate:
 		// CREATE answers an entry and then an open.
-		if es := wire.OutSize[fuse.EntryOut](); len(p) > es {
-			if e, err := decodeExact[fuse.EntryOut](rec.op, p[:es]); err == nil {
+		if es := wire.OutSize[EntryOut](); len(p) > es {
+			if e, err := decodeExact[EntryOut](rec.op, p[:es]); err == nil {
 				release(p[es:], e.NodeId, false)
 			}
 			entry(p[:es])

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/gofusepeer"
 )
 
@@ -181,7 +180,7 @@ func stressWorker(u *Usermount, ctx context.Context, w, ops int) error {
 			if err != nil {
 				return err
 			}
-			_, err = u.NodeSetattr(ctx, nil, e.Node, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE, Size: uint64(size)}})
+			_, err = u.NodeSetattr(ctx, nil, e.Node, nil, &SetAttrIn{Valid: FattrSize, Size: uint64(size)})
 			u.NodeReclaim(ctx, e.Node, 1)
 			if err != nil {
 				return fmt.Errorf("op %d truncate %s: %w", op, n, err)

@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse/internal/ratelog"
 	"github.com/perfuse-go/perfuse/internal/transport"
 )
@@ -32,7 +31,7 @@ type Node struct {
 
 	// attr is a copy of the last attributes the daemon sent (any entry,
 	// GETATTR, SETATTR): what access emulation checks. nil until then.
-	attr atomic.Pointer[fuse.Attr]
+	attr atomic.Pointer[Attr]
 
 	// wsem serialises writes to the node, as the kernel's inode lock
 	// does (O_APPEND reads the size first); a channel, so that a writer
@@ -86,14 +85,14 @@ func (n *Node) Name() string {
 
 // Attr returns the node's cached attributes, and false when none were
 // seen yet.
-func (n *Node) Attr() (fuse.Attr, bool) {
+func (n *Node) Attr() (Attr, bool) {
 	if a := n.attr.Load(); a != nil {
 		return *a, true
 	}
-	return fuse.Attr{}, false
+	return Attr{}, false
 }
 
-func (n *Node) setAttr(a *fuse.Attr) {
+func (n *Node) setAttr(a *Attr) {
 	if a.Mode&syscall.S_IFMT != 0 {
 		n.mode.Store(a.Mode & syscall.S_IFMT)
 	}
@@ -205,7 +204,7 @@ var preInitLimits = limits{maxWrite: 4096, maxRead: 4096}
 
 // node returns the Node for nodeid, adding one lookup to its count: the
 // daemon has just returned an entry for it.
-func (u *Usermount) lookedUp(e *fuse.EntryOut, name string) *Node {
+func (u *Usermount) lookedUp(e *EntryOut, name string) *Node {
 	u.nodesMu.Lock()
 	defer u.nodesMu.Unlock()
 	n := u.nodes[e.NodeId]

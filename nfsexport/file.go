@@ -5,7 +5,6 @@ import (
 	"syscall"
 
 	billy "github.com/go-git/go-billy/v5"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -78,7 +77,7 @@ func (o *openFile) Seek(off int64, whence int) (int64, error) {
 // unchanged, so it carries the errno's own NFS status.
 func (o *openFile) Truncate(size int64) error {
 	s := o.f.s
-	in := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE, Size: uint64(size)}}
+	in := perfuse.SetAttrIn{Valid: perfuse.FattrSize, Size: uint64(size)}
 	out, err := s.u.NodeSetattr(s.ctx, s.cred, o.r.node, o.h, &in)
 	if err != nil {
 		return statusError(err)

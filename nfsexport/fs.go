@@ -10,7 +10,6 @@ import (
 	"time"
 
 	billy "github.com/go-git/go-billy/v5"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 	nfs "github.com/willscott/go-nfs"
 	"github.com/willscott/go-nfs/file"
@@ -336,18 +335,18 @@ func (f *fsys) Capabilities() billy.Capability {
 // they are, so these carry the errno's own NFS status.
 
 func (f *fsys) Chmod(p string, mode os.FileMode) error {
-	return f.setattr(p, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{
-		Valid: fuse.FATTR_MODE, Mode: unixMode(mode)}})
+	return f.setattr(p, &perfuse.SetAttrIn{
+		Valid: perfuse.FattrMode, Mode: unixMode(mode)})
 }
 
 func (f *fsys) Lchown(p string, uid, gid int) error {
-	in := fuse.SetAttrIn{}
+	in := perfuse.SetAttrIn{}
 	if uid >= 0 {
-		in.Valid |= fuse.FATTR_UID
+		in.Valid |= perfuse.FattrUid
 		in.Owner.Uid = uint32(uid)
 	}
 	if gid >= 0 {
-		in.Valid |= fuse.FATTR_GID
+		in.Valid |= perfuse.FattrGid
 		in.Owner.Gid = uint32(gid)
 	}
 	return f.setattr(p, &in)
@@ -356,13 +355,13 @@ func (f *fsys) Lchown(p string, uid, gid int) error {
 func (f *fsys) Chown(p string, uid, gid int) error { return f.Lchown(p, uid, gid) }
 
 func (f *fsys) Chtimes(p string, atime, mtime time.Time) error {
-	in := fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_ATIME | fuse.FATTR_MTIME}}
+	in := perfuse.SetAttrIn{Valid: perfuse.FattrAtime | perfuse.FattrMtime}
 	in.Atime, in.Atimensec = uint64(atime.Unix()), uint32(atime.Nanosecond())
 	in.Mtime, in.Mtimensec = uint64(mtime.Unix()), uint32(mtime.Nanosecond())
 	return f.setattr(p, &in)
 }
 
-func (f *fsys) setattr(p string, in *fuse.SetAttrIn) error {
+func (f *fsys) setattr(p string, in *perfuse.SetAttrIn) error {
 	if f.s.ro {
 		return statusError(syscall.EROFS)
 	}
@@ -382,11 +381,11 @@ func (f *fsys) setattr(p string, in *fuse.SetAttrIn) error {
 // bits, and through Sys the owner, links, device and file id.
 type info struct {
 	name string
-	attr fuse.Attr
+	attr perfuse.Attr
 	id   uint64
 }
 
-func newInfo(name string, r *ref, a fuse.Attr) *info {
+func newInfo(name string, r *ref, a perfuse.Attr) *info {
 	id := a.Ino
 	if id == 0 {
 		id = r.id()

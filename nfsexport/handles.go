@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -26,7 +25,7 @@ type ref struct {
 	// daemon's own entry and attribute timeouts, as the kernel uses them,
 	// but at least minValid.
 	entryUntil time.Time
-	attr       fuse.Attr
+	attr       perfuse.Attr
 	attrUntil  time.Time
 	used       time.Time
 	elem       *list.Element // nil for the root, which is never evicted
@@ -203,14 +202,14 @@ func (t *table) byID(id uint64) *ref {
 }
 
 // cachedAttr returns r's attributes while the daemon's timeout allows.
-func (t *table) cachedAttr(r *ref) (fuse.Attr, bool) {
+func (t *table) cachedAttr(r *ref) (perfuse.Attr, bool) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return r.attr, now.Before(r.attrUntil)
 }
 
-func (t *table) setAttr(r *ref, out *fuse.AttrOut) {
+func (t *table) setAttr(r *ref, out *perfuse.AttrOut) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	billy "github.com/go-git/go-billy/v5"
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 	nfs "github.com/willscott/go-nfs"
 )
@@ -350,7 +349,7 @@ func (s *Server) child(dir *ref, name string) (*ref, error) {
 
 // attr returns r's attributes: cached while the daemon's timeout allows,
 // else by GETATTR.
-func (s *Server) attr(r *ref) (a fuse.Attr, err error) {
+func (s *Server) attr(r *ref) (a perfuse.Attr, err error) {
 	if a, ok := s.table.cachedAttr(r); ok {
 		return a, nil
 	}

@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -92,7 +91,7 @@ func (c *copier) copyOut(src, dst string) error {
 }
 
 func (c *copier) out(fsys fs.FS, src string, st fs.FileInfo, dst string) error {
-	a := st.Sys().(*fuse.Attr)
+	a := st.Sys().(*perfuse.Attr)
 	switch {
 	case st.IsDir():
 		if err := os.Mkdir(dst, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -247,8 +246,8 @@ func (c *copier) in(src string, st fs.FileInfo, dst string) error {
 	if !c.preserve {
 		return nil
 	}
-	in := &fuse.SetAttrIn{}
-	in.Valid = fuse.FATTR_MODE | fuse.FATTR_ATIME | fuse.FATTR_MTIME
+	in := &perfuse.SetAttrIn{}
+	in.Valid = perfuse.FattrMode | perfuse.FattrAtime | perfuse.FattrMtime
 	in.Mode = uint32(st.Mode().Perm())
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		in.Atime, in.Atimensec = uint64(sys.Atim.Sec), uint32(sys.Atim.Nsec)

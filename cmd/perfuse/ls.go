@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse"
 )
 
 func init() {
@@ -106,7 +106,7 @@ func lsEntry(w io.Writer, fsys fs.FS, name string, long bool) error {
 // longLine is ls -l's line for st: mode, links, owner, group, size, time, name.
 func longLine(st fs.FileInfo) string {
 	var nlink, uid, gid uint32 = 1, 0, 0
-	if a, ok := st.Sys().(*fuse.Attr); ok {
+	if a, ok := st.Sys().(*perfuse.Attr); ok {
 		nlink, uid, gid = a.Nlink, a.Uid, a.Gid
 	}
 	return fmt.Sprintf("%s %3d %5d %5d %9d %s %s", modeString(st.Mode()), nlink, uid, gid, st.Size(),

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -29,7 +28,7 @@ func (e *env) fsys(ctx context.Context) fs.FS { return e.d.FS(ctx, nil) }
 // root; release gives it back.
 type node struct {
 	n    *perfuse.Node
-	attr fuse.Attr
+	attr perfuse.Attr
 	e    *env
 }
 

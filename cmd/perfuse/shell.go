@@ -14,7 +14,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/perfuse-go/perfuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,7 +170,7 @@ func (s *shell) do(cmd string, args []string) error {
 			if err != nil {
 				return err
 			}
-			printStat(e.stdout, slash(s.abs(a)), st.Sys().(*fuse.Attr))
+			printStat(e.stdout, slash(s.abs(a)), st.Sys().(*perfuse.Attr))
 		}
 		return nil
 	case "get":
@@ -285,7 +285,7 @@ func (s *shell) rename(from, to string) error {
 	return nil
 }
 
-func printDf(w io.Writer, st *fuse.StatfsOut) {
+func printDf(w io.Writer, st *perfuse.StatfsOut) {
 	bs := uint64(st.Frsize)
 	if bs == 0 {
 		bs = uint64(st.Bsize)

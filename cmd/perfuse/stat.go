@@ -8,8 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"time"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 func init() {
@@ -27,7 +25,7 @@ func init() {
 					if err != nil {
 						return err
 					}
-					printStat(e.stdout, slash(fsName(p)), st.Sys().(*fuse.Attr))
+					printStat(e.stdout, slash(fsName(p)), st.Sys().(*perfuse.Attr))
 				}
 				return nil
 			}
@@ -35,7 +33,7 @@ func init() {
 	})
 }
 
-func printStat(w io.Writer, name string, a *fuse.Attr) {
+func printStat(w io.Writer, name string, a *perfuse.Attr) {
 	ts := func(sec uint64, nsec uint32) string {
 		return time.Unix(int64(sec), int64(nsec)).UTC().Format("2006-01-02 15:04:05.000000000 -0700")
 	}

@@ -17,8 +17,8 @@ const (
 	owner2 = 0x2222
 )
 
-func lock(typ uint32, start, end uint64) fuse.FileLock {
-	return fuse.FileLock{Start: start, End: end, Typ: typ, Pid: 1}
+func lock(typ uint32, start, end uint64) perfuse.FileLock {
+	return perfuse.FileLock{Start: start, End: end, Typ: typ, Pid: 1}
 }
 
 // twoOpens creates name and opens it twice.
@@ -55,7 +55,7 @@ func (r *runner) posixLocks() outcome {
 		return fail("%v", err)
 	}
 	defer undo()
-	adv := func(h *perfuse.Handle, op perfuse.Opcode, owner uint64, lk fuse.FileLock) (fuse.FileLock, error) {
+	adv := func(h *perfuse.Handle, op perfuse.Opcode, owner uint64, lk perfuse.FileLock) (perfuse.FileLock, error) {
 		return r.u.NodeAdvlock(r.ctx, nil, h, op, owner, lk, 0)
 	}
 	if _, err := adv(h1, perfuse.OpSetlk, owner1, lock(syscall.F_WRLCK, 100, 199)); err != nil {
@@ -101,20 +101,20 @@ func (r *runner) flockCase() outcome {
 	}
 	defer undo()
 	whole := lock(syscall.F_WRLCK, 0, perfuse.OffsetMax)
-	if _, err := r.u.NodeAdvlock(r.ctx, nil, h1, perfuse.OpSetlk, owner1, whole, fuse.LK_FLOCK); err != nil {
+	if _, err := r.u.NodeAdvlock(r.ctx, nil, h1, perfuse.OpSetlk, owner1, whole, perfuse.LkFlock); err != nil {
 		if unsupported(err) {
 			return skip("flock SETLK answered %s", errName(err))
 		}
 		return fail("flock LOCK_EX: %v", err)
 	}
-	if _, err := r.u.NodeAdvlock(r.ctx, nil, h2, perfuse.OpSetlk, owner2, whole, fuse.LK_FLOCK); !errors.Is(err, syscall.EAGAIN) {
+	if _, err := r.u.NodeAdvlock(r.ctx, nil, h2, perfuse.OpSetlk, owner2, whole, perfuse.LkFlock); !errors.Is(err, syscall.EAGAIN) {
 		return fail("flock LOCK_EX|LOCK_NB over another open's: %v, want EAGAIN", err)
 	}
 	unlock := lock(syscall.F_UNLCK, 0, perfuse.OffsetMax)
-	if _, err := r.u.NodeAdvlock(r.ctx, nil, h1, perfuse.OpSetlk, owner1, unlock, fuse.LK_FLOCK); err != nil {
+	if _, err := r.u.NodeAdvlock(r.ctx, nil, h1, perfuse.OpSetlk, owner1, unlock, perfuse.LkFlock); err != nil {
 		return fail("flock LOCK_UN: %v", err)
 	}
-	if _, err := r.u.NodeAdvlock(r.ctx, nil, h2, perfuse.OpSetlk, owner2, whole, fuse.LK_FLOCK); err != nil {
+	if _, err := r.u.NodeAdvlock(r.ctx, nil, h2, perfuse.OpSetlk, owner2, whole, perfuse.LkFlock); err != nil {
 		return fail("flock LOCK_EX after the other's LOCK_UN: %v", err)
 	}
 	return pass("LOCK_EX conflicts between two opens (EAGAIN), free after LOCK_UN")

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -63,11 +62,11 @@ func (r *runner) readAt(h *perfuse.Handle, off int64, n int) ([]byte, error) {
 
 // truncate sets h's file size.
 func (r *runner) truncate(n *perfuse.Node, h *perfuse.Handle, size int64) error {
-	in := &fuse.SetAttrIn{}
-	in.Valid = fuse.FATTR_SIZE
+	in := &perfuse.SetAttrIn{}
+	in.Valid = perfuse.FattrSize
 	in.Size = uint64(size)
 	if h != nil {
-		in.Valid |= fuse.FATTR_FH
+		in.Valid |= perfuse.FattrFh
 		in.Fh = h.Fh()
 	}
 	out, err := r.u.NodeSetattr(r.ctx, nil, n, h, in)
@@ -81,10 +80,10 @@ func (r *runner) truncate(n *perfuse.Node, h *perfuse.Handle, size int64) error 
 }
 
 // getattr returns n's attributes.
-func (r *runner) getattr(n *perfuse.Node) (fuse.Attr, error) {
+func (r *runner) getattr(n *perfuse.Node) (perfuse.Attr, error) {
 	out, err := r.u.NodeGetattr(r.ctx, nil, n, nil)
 	if err != nil {
-		return fuse.Attr{}, fmt.Errorf("GETATTR: %w", err)
+		return perfuse.Attr{}, fmt.Errorf("GETATTR: %w", err)
 	}
 	return out.Attr, nil
 }

@@ -167,13 +167,13 @@ func (k *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *
 	var neg *perfuse.NegativeEntry
 	if errors.As(err, &neg) {
 		// Nodeid 0 with its timeout: the kernel caches the absence.
-		*out = neg.EntryOut
+		*out = *entryOut(&neg.EntryOut)
 		return fuse.OK
 	}
 	if err != nil {
 		return status(err)
 	}
-	*out = e.EntryOut
+	*out = *entryOut(&e.EntryOut)
 	return fuse.OK
 }
 
@@ -203,7 +203,7 @@ func (k *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrO
 	if err != nil {
 		return status(err)
 	}
-	*out = *a
+	*out = *attrOut(a)
 	return fuse.OK
 }
 
@@ -300,7 +300,7 @@ func (k *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirE
 		if e == nil {
 			return false
 		}
-		*e = d.Entry
+		*e = *entryOut(&d.Entry)
 		n++
 		return true
 	})
@@ -313,7 +313,7 @@ func (k *FS) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOu
 	if err != nil {
 		return status(err)
 	}
-	*out = *st
+	*out = statfsOut(st)
 	return fuse.OK
 }
 
@@ -322,7 +322,7 @@ func entryReply(e *perfuse.Entry, err error, out *fuse.EntryOut) fuse.Status {
 	if err != nil {
 		return status(err)
 	}
-	*out = e.EntryOut
+	*out = *entryOut(&e.EntryOut)
 	return fuse.OK
 }
 
@@ -336,7 +336,7 @@ func (k *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out 
 	if err != nil {
 		return status(err)
 	}
-	out.EntryOut = e.EntryOut
+	out.EntryOut = *entryOut(&e.EntryOut)
 	openOut(&out.OpenOut, k.addHandle(h), h)
 	return fuse.OK
 }
@@ -435,11 +435,11 @@ func (k *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrO
 		return st
 	}
 	var h *perfuse.Handle
-	req := *in
-	if req.Valid&fuse.FATTR_FH != 0 {
+	req := setAttrIn(in)
+	if req.Valid&perfuse.FattrFh != 0 {
 		h, _ = k.handle(in.Fh)
 		if h == nil {
-			req.Valid &^= fuse.FATTR_FH
+			req.Valid &^= perfuse.FattrFh
 			req.Fh = 0
 		} else {
 			req.Fh = h.Fh()
@@ -450,7 +450,7 @@ func (k *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrO
 	if err != nil {
 		return status(err)
 	}
-	*out = *a
+	*out = *attrOut(a)
 	return fuse.OK
 }
 
@@ -545,8 +545,8 @@ func (k *FS) lock(cancel <-chan struct{}, op perfuse.Opcode, in *fuse.LkIn) (fus
 		return fuse.FileLock{}, st
 	}
 	ctx, cred := request(cancel, &in.InHeader)
-	lk, err := k.u.NodeAdvlock(ctx, cred, h, op, in.Owner, in.Lk, in.LkFlags)
-	return lk, status(err)
+	lk, err := k.u.NodeAdvlock(ctx, cred, h, op, in.Owner, fileLock(in.Lk), in.LkFlags)
+	return wireLock(lk), status(err)
 }
 
 func (k *FS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
