@@ -170,7 +170,7 @@ func exerciseWritable(t *testing.T, u *Usermount, under string) {
 
 	// locks, when the daemon takes them: two opens conflict (go-fuse's
 	// loopback uses open file description locks).
-	if flags&fuse.CAP_POSIX_LOCKS != 0 {
+	if flags&CapPosixLocks != 0 {
 		hb, err := u.NodeOpen(ctx, nil, e.Node, syscall.O_RDWR)
 		must("second open", err)
 		wr := FileLock{Start: 0, End: 99, Typ: syscall.F_WRLCK}
@@ -190,7 +190,7 @@ func exerciseWritable(t *testing.T, u *Usermount, under string) {
 		must("unlock", err)
 		_, err = u.NodeAdvlock(ctx, nil, hb, OpSetlkw, 2, probe, 0)
 		must("setlkw after unlock", err)
-		if flags&fuse.CAP_FLOCK_LOCKS != 0 {
+		if flags&CapFlockLocks != 0 {
 			whole := FileLock{End: OffsetMax, Typ: syscall.F_WRLCK}
 			_, err = u.NodeAdvlock(ctx, nil, h2, OpSetlk, 3, whole, LkFlock)
 			must("flock", err)
@@ -368,7 +368,7 @@ func TestReaddirTenThousand(t *testing.T) {
 			}
 			ctx := testCtx(t)
 			for _, plus := range []bool{false, true} {
-				if _, flags, _, _ := u.Negotiated(); plus && flags&fuse.CAP_READDIRPLUS == 0 {
+				if _, flags, _, _ := u.Negotiated(); plus && flags&CapReaddirplus == 0 {
 					t.Logf("daemon took no READDIRPLUS")
 					continue
 				}

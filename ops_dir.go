@@ -21,7 +21,7 @@ const pathMax = 4096
 // masked applies umask unless the daemon took DONT_MASK, in which case it
 // applies it (or a default ACL) itself, as the kernel leaves it to do.
 func (u *Usermount) masked(mode, umask uint32) uint32 {
-	if u.limits().flags&fuse.CAP_DONT_MASK != 0 {
+	if u.limits().flags&CapDontMask != 0 {
 		return mode
 	}
 	return mode &^ (umask & 0o777)

@@ -27,9 +27,9 @@ const (
 // which is the caller's choice here. Never SPLICE_* (a socket cannot take
 // spliced pages one-for-one), PASSTHROUGH (needs an ioctl on /dev/fuse),
 // OVER_IO_URING, or SETXATTR_EXT (the 8-byte setxattr_in is sent).
-const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_POSIX_LOCKS | fuse.CAP_ATOMIC_O_TRUNC |
-	fuse.CAP_BIG_WRITES | fuse.CAP_DONT_MASK | fuse.CAP_MAX_PAGES | fuse.CAP_PARALLEL_DIROPS |
-	fuse.CAP_FLOCK_LOCKS | fuse.CAP_READDIRPLUS
+const initFlags = CapAsyncRead | CapPosixLocks | CapAtomicOTrunc |
+	CapBigWrites | CapDontMask | CapMaxPages | CapParallelDirops |
+	CapFlockLocks | CapReaddirplus
 
 const (
 	pageSize = 4096
@@ -97,7 +97,7 @@ func (u *Usermount) negotiate(out *fuse.InitOut) *limits {
 	l.maxWrite = max(int(out.MaxWrite), pageSize)
 	l.maxWrite = min(l.maxWrite, frame-writeHeader)
 	pages := maxPagesDefault
-	if l.flags&fuse.CAP_MAX_PAGES != 0 && l.maxPages > 0 {
+	if l.flags&CapMaxPages != 0 && l.maxPages > 0 {
 		pages = int(l.maxPages)
 	}
 	l.maxRead = min(pages*pageSize, (frame-outHeaderSize)&^(pageSize-1))
@@ -125,7 +125,8 @@ func (u *Usermount) MaxReadahead() uint32 { return u.limits().maxReadahead }
 func (u *Usermount) SetKernelWrites(on bool) { u.kernelWrites.Store(on) }
 
 // Negotiated returns what INIT settled: the daemon's protocol minor, its
-// flags (those perfuse offered), and the payload limits for WRITE and READ.
+// flags (those of the Cap* bits perfuse offered), and the payload limits
+// for WRITE and READ.
 func (u *Usermount) Negotiated() (minor uint32, flags uint64, maxWrite, maxRead int) {
 	l := u.limits()
 	return l.minor, l.flags, l.maxWrite, l.maxRead

@@ -58,9 +58,9 @@ func (u *Usermount) NodeAdvlock(ctx context.Context, cred *Cred, h *Handle, op O
 	case lk.Start > lk.End || lk.End > OffsetMax:
 		return FileLock{}, fmt.Errorf("perfuse: lock range %d-%d: %w", lk.Start, lk.End, syscall.EINVAL)
 	}
-	want := uint64(fuse.CAP_POSIX_LOCKS)
+	want := uint64(CapPosixLocks)
 	if flock {
-		want = fuse.CAP_FLOCK_LOCKS
+		want = CapFlockLocks
 	}
 	if u.limits().flags&want == 0 {
 		return FileLock{}, fmt.Errorf("perfuse: daemon does not do these locks: %w", syscall.ENOSYS)

@@ -141,7 +141,7 @@ func (u *Usermount) NodeOpen(ctx context.Context, cred *Cred, n *Node, flags int
 	}
 	// Without ATOMIC_O_TRUNC the daemon is not asked to truncate on open:
 	// a SETATTR does it after, as the kernel's VFS does.
-	truncate := flags&syscall.O_TRUNC != 0 && op == OpOpen && u.limits().flags&fuse.CAP_ATOMIC_O_TRUNC == 0
+	truncate := flags&syscall.O_TRUNC != 0 && op == OpOpen && u.limits().flags&CapAtomicOTrunc == 0
 	if truncate {
 		flags &^= syscall.O_TRUNC
 	}

@@ -53,7 +53,7 @@ func (u *Usermount) NodeReaddir(ctx context.Context, cred *Cred, h *Handle, off 
 	return u.readdirplus(ctx, cred, h, off, false, func(d DirentPlus) bool { return fn(d.Dirent) })
 }
 
-func (u *Usermount) plusNegotiated() bool { return u.limits().flags&fuse.CAP_READDIRPLUS != 0 }
+func (u *Usermount) plusNegotiated() bool { return u.limits().flags&CapReaddirplus != 0 }
 
 // NodeReaddirplus reads the open directory h as NodeReaddir does, with
 // each entry's lookup (FUSE_READDIRPLUS). The daemon counted a lookup for

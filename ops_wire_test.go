@@ -20,8 +20,8 @@ import (
 // The exact frames of every operation of the table, and its error paths,
 // against the scripted daemon.
 
-const opCaps = uint32(fuse.CAP_MAX_PAGES | fuse.CAP_ASYNC_READ | fuse.CAP_READDIRPLUS |
-	fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS | fuse.CAP_DONT_MASK)
+const opCaps = uint32(CapMaxPages | CapAsyncRead | CapReaddirplus |
+	CapPosixLocks | CapFlockLocks | CapDontMask)
 
 // opSession is fakeSession with a chosen max_write and INIT flags.
 func opSession(t *testing.T, maxWrite, flags uint32, opts ...Option) (*fakepeer.Peer, *Usermount) {
@@ -1139,7 +1139,7 @@ func TestReleasedHandleRefused(t *testing.T) {
 // Without ATOMIC_O_TRUNC, O_TRUNC is not sent with OPEN; a SETATTR of size
 // 0 on the new handle truncates, as the kernel's VFS does.
 func TestOpenTruncWithoutAtomicOTrunc(t *testing.T) {
-	p, u := opSession(t, 128<<10, opCaps&^fuse.CAP_ATOMIC_O_TRUNC)
+	p, u := opSession(t, 128<<10, opCaps&^CapAtomicOTrunc)
 	p.Expect(OpLookup).Name("f").Reply(entryOut(5, syscall.S_IFREG|0o644))
 	p.Expect(OpOpen).Match(func(h *fuse.InHeader, payload []byte) error {
 		if f := nativeEndian.Uint32(payload); f&syscall.O_TRUNC != 0 {

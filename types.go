@@ -164,3 +164,17 @@ type OutHeader struct {
 	Status int32
 	Unique uint64
 }
+
+// Capabilities of INIT that perfuse offers, the kernel's FUSE_* init
+// flags: Negotiated returns those the daemon took.
+const (
+	CapAsyncRead      = 1 << 0  // FUSE_ASYNC_READ
+	CapPosixLocks     = 1 << 1  // FUSE_POSIX_LOCKS: NodeAdvlock's record locks
+	CapAtomicOTrunc   = 1 << 3  // FUSE_ATOMIC_O_TRUNC: OPEN does O_TRUNC
+	CapBigWrites      = 1 << 5  // FUSE_BIG_WRITES
+	CapDontMask       = 1 << 6  // FUSE_DONT_MASK: the daemon applies the umask
+	CapFlockLocks     = 1 << 10 // FUSE_FLOCK_LOCKS: NodeAdvlock with LkFlock
+	CapReaddirplus    = 1 << 13 // FUSE_DO_READDIRPLUS
+	CapParallelDirops = 1 << 18 // FUSE_PARALLEL_DIROPS
+	CapMaxPages       = 1 << 22 // FUSE_MAX_PAGES
+)

@@ -143,6 +143,15 @@ func TestFlagBits(t *testing.T) {
 		{"FattrCtime", FattrCtime, fuse.FATTR_CTIME},
 		{"FattrKillSuidgid", FattrKillSuidgid, fuse.FATTR_KILL_SUIDGID},
 		{"LkFlock", LkFlock, fuse.LK_FLOCK},
+		{"CapAsyncRead", CapAsyncRead, fuse.CAP_ASYNC_READ},
+		{"CapPosixLocks", CapPosixLocks, fuse.CAP_POSIX_LOCKS},
+		{"CapAtomicOTrunc", CapAtomicOTrunc, fuse.CAP_ATOMIC_O_TRUNC},
+		{"CapBigWrites", CapBigWrites, fuse.CAP_BIG_WRITES},
+		{"CapDontMask", CapDontMask, fuse.CAP_DONT_MASK},
+		{"CapFlockLocks", CapFlockLocks, fuse.CAP_FLOCK_LOCKS},
+		{"CapReaddirplus", CapReaddirplus, fuse.CAP_READDIRPLUS},
+		{"CapParallelDirops", CapParallelDirops, fuse.CAP_PARALLEL_DIROPS},
+		{"CapMaxPages", CapMaxPages, fuse.CAP_MAX_PAGES},
 	} {
 		if c.ours != c.want {
 			t.Errorf("%s = %#x, want %#x", c.name, c.ours, c.want)

@@ -5,7 +5,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -76,7 +75,7 @@ func (r *runner) readdirCase(plus bool) outcome {
 	op := "READDIR"
 	if plus {
 		op = "READDIRPLUS"
-		if _, flags, _, _ := r.u.Negotiated(); flags&fuse.CAP_READDIRPLUS == 0 {
+		if _, flags, _, _ := r.u.Negotiated(); flags&perfuse.CapReaddirplus == 0 {
 			return skip("READDIRPLUS not taken at INIT")
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/perfuse-go/perfuse"
 )
 
@@ -47,7 +46,7 @@ func (r *runner) posixLocks() outcome {
 	if o := r.needWrite(); o != nil {
 		return *o
 	}
-	if _, flags, _, _ := r.u.Negotiated(); flags&fuse.CAP_POSIX_LOCKS == 0 {
+	if _, flags, _, _ := r.u.Negotiated(); flags&perfuse.CapPosixLocks == 0 {
 		return skip("POSIX_LOCKS not taken at INIT")
 	}
 	_, h1, h2, undo, err := r.twoOpens("locks")
@@ -92,7 +91,7 @@ func (r *runner) flockCase() outcome {
 	if o := r.needWrite(); o != nil {
 		return *o
 	}
-	if _, flags, _, _ := r.u.Negotiated(); flags&fuse.CAP_FLOCK_LOCKS == 0 {
+	if _, flags, _, _ := r.u.Negotiated(); flags&perfuse.CapFlockLocks == 0 {
 		return skip("FLOCK_LOCKS not taken at INIT")
 	}
 	_, h1, h2, undo, err := r.twoOpens("flock")
@@ -132,7 +131,7 @@ func (r *runner) interrupt() outcome {
 	if o := r.needWrite(); o != nil {
 		return *o
 	}
-	if _, flags, _, _ := r.u.Negotiated(); flags&fuse.CAP_POSIX_LOCKS == 0 {
+	if _, flags, _, _ := r.u.Negotiated(); flags&perfuse.CapPosixLocks == 0 {
 		return skip("no request known to be slow: POSIX_LOCKS (for a blocked SETLKW) not taken at INIT")
 	}
 	_, h1, h2, undo, err := r.twoOpens("intr")

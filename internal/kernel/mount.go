@@ -195,12 +195,12 @@ func (m *Mountpoint) mountOptions(u *perfuse.Usermount) *fuse.MountOptions {
 		Logger:        log.New(logWriter{m.Logger}, "go-fuse: ", 0),
 		// Entries are relayed with the daemon's lookups counted: only a
 		// daemon that does READDIRPLUS gets it from the kernel.
-		DisableReadDirPlus: flags&fuse.CAP_READDIRPLUS == 0,
+		DisableReadDirPlus: flags&perfuse.CapReaddirplus == 0,
 		DirectMountFlags:   m.mountFlags(mi),
 	}
 	// Locks go to the daemon only if it took them in INIT (POSIX, flock
 	// each on its own); otherwise the kernel keeps them locally.
-	opts.ExtraCapabilities |= flags & (fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS)
+	opts.ExtraCapabilities |= flags & (perfuse.CapPosixLocks | perfuse.CapFlockLocks)
 	if m.DefaultPermissions {
 		opts.Options = append(opts.Options, "default_permissions")
 	}
