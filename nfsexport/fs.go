@@ -335,8 +335,7 @@ func (f *fsys) Capabilities() billy.Capability {
 // they are, so these carry the errno's own NFS status.
 
 func (f *fsys) Chmod(p string, mode os.FileMode) error {
-	return f.setattr(p, &perfuse.SetAttrIn{
-		Valid: perfuse.FattrMode, Mode: unixMode(mode)})
+	return f.setattr(p, &perfuse.SetAttrIn{Valid: perfuse.FattrMode, Mode: unixMode(mode)})
 }
 
 func (f *fsys) Lchown(p string, uid, gid int) error {
