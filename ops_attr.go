@@ -74,7 +74,7 @@ func (u *Usermount) NodeSetattr(ctx context.Context, cred *Cred, n *Node, h *Han
 	}
 	if req.Valid&FattrSize != 0 {
 		// A size change and the writes on the node are ordered.
-		if err := n.lockWrites(ctx); err != nil {
+		if err := u.lockWrites(ctx, n); err != nil {
 			return nil, err
 		}
 		defer n.unlockWrites()

@@ -67,6 +67,9 @@ func (u *Usermount) NodeRead(ctx context.Context, cred *Cred, h *Handle, p []byt
 		return u.readChunk(ctx, cred, h, p, off)
 	}
 	pieces := (len(p) + piece - 1) / piece
+	if u.diagOn(DiagResize) {
+		u.debug(DiagResize, "perfuse: read split", "nodeid", h.node.id, "bytes", len(p), "reads", pieces, "each", piece)
+	}
 	got := make([]int, pieces)
 	errs := make([]error, pieces)
 	slots := make(chan struct{}, readPiecesInFlight)
@@ -144,7 +147,7 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 		return 0, nil
 	}
 	n := h.node
-	if err := n.lockWrites(ctx); err != nil {
+	if err := u.lockWrites(ctx, n); err != nil {
 		return 0, err
 	}
 	defer n.unlockWrites()
@@ -160,6 +163,9 @@ func (u *Usermount) NodeWrite(ctx context.Context, cred *Cred, h *Handle, p []by
 	}
 	if lockOwner != 0 {
 		writeFlags |= fuse.WRITE_LOCKOWNER
+	}
+	if len(p) > u.limits().maxWrite && u.diagOn(DiagResize) {
+		u.debug(DiagResize, "perfuse: write split", "nodeid", n.id, "bytes", len(p), "each", u.limits().maxWrite)
 	}
 	done := 0
 	var err error
@@ -248,6 +254,7 @@ func (u *Usermount) NodeFsync(ctx context.Context, cred *Cred, h *Handle, datasy
 		in.FsyncFlags = 1 // FUSE_FSYNC_FDATASYNC
 	}
 	err := u.do(ctx, request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}, nil)
+	u.debug(DiagSync, "perfuse: sync", "opcode", op, "nodeid", h.node.id, "datasync", datasync, "err", err)
 	if isENOSYS(err) {
 		u.noLonger(op)
 		return nil
@@ -275,7 +282,7 @@ func (u *Usermount) NodeFallocate(ctx context.Context, cred *Cred, h *Handle, mo
 	case u.unsupported[OpFallocate].Load():
 		return fmt.Errorf("perfuse: daemon lacks FALLOCATE: %w", syscall.EOPNOTSUPP)
 	}
-	if err := h.node.lockWrites(ctx); err != nil {
+	if err := u.lockWrites(ctx, h.node); err != nil {
 		return err
 	}
 	defer h.node.unlockWrites()

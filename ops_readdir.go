@@ -140,6 +140,9 @@ func (u *Usermount) readdirLoop(ctx context.Context, cred *Cred, h *Handle, off 
 				return nil
 			}
 			last, n, stopped, err = each(data)
+			if u.diagOn(DiagReaddir) {
+				u.debug(DiagReaddir, "perfuse: directory read", "opcode", op, "nodeid", h.node.id, "from", *off, "to", last, "entries", n, "bytes", len(data))
+			}
 			return err
 		})
 		switch {

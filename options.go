@@ -38,22 +38,22 @@ func BufVarFromEnv(name string, def uint32) uint32 {
 // Diag selects diagnostic classes, with libperfuse's PDF_* values.
 type Diag uint32
 
-// Diagnostic classes.
+// Diagnostic classes. libperfuse's PDF_FOREGROUND and PDF_SYSLOG are
+// not classes here: perfused never forks (its -f only adds misc), and
+// logs through the session's slog.Logger.
 const (
-	DiagForeground Diag = 0x0001
-	DiagFuse       Diag = 0x0002 // each exchange: unique, nodeid, opcode, result
-	DiagDump       Diag = 0x0004 // hex of each frame
-	DiagPuffs      Diag = 0x0008 // each operation of the op table
-	DiagFH         Diag = 0x0010 // file handles
-	DiagReclaim    Diag = 0x0020 // reclaim and FORGET
-	DiagReaddir    Diag = 0x0040
-	DiagRequeue    Diag = 0x0080
-	DiagSync       Diag = 0x0100
-	DiagMisc       Diag = 0x0200
-	DiagSyslog     Diag = 0x0400
-	DiagFilename   Diag = 0x0800
-	DiagResize     Diag = 0x1000
-	DiagTrace      Diag = 0x2000 // keep trace records for TraceDump
+	DiagFuse     Diag = 0x0002 // each exchange: unique, nodeid, opcode, result
+	DiagDump     Diag = 0x0004 // hex of each frame
+	DiagPuffs    Diag = 0x0008 // each kernel request, in a relay (go-fuse's debug log)
+	DiagFH       Diag = 0x0010 // file handles
+	DiagReclaim  Diag = 0x0020 // reclaim and FORGET
+	DiagReaddir  Diag = 0x0040 // each READDIR(PLUS) reply: cookies and entries
+	DiagRequeue  Diag = 0x0080 // a request that waits behind another on its node
+	DiagSync     Diag = 0x0100 // FSYNC, FSYNCDIR and their results
+	DiagMisc     Diag = 0x0200
+	DiagFilename Diag = 0x0800 // the names each request carries
+	DiagResize   Diag = 0x1000 // a read or write split into several requests
+	DiagTrace    Diag = 0x2000 // keep trace records for TraceDump
 )
 
 var diagNames = []struct {

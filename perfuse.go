@@ -484,9 +484,13 @@ func (u *Usermount) logExchange(m *Message, err error) {
 	}
 }
 
-// logf logs at debug level when class is enabled.
+// diagOn reports whether class is enabled. Callers on a request's path
+// test it before building debug's arguments, which would allocate.
+func (u *Usermount) diagOn(class Diag) bool { return Diag(u.diag.Load())&class != 0 }
+
+// debug logs msg when class is enabled.
 func (u *Usermount) debug(class Diag, msg string, args ...any) {
-	if Diag(u.diag.Load())&class != 0 {
+	if u.diagOn(class) {
 		u.log.Log(context.Background(), slog.LevelInfo, msg, args...)
 	}
 }

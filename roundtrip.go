@@ -46,6 +46,9 @@ func (u *Usermount) do(ctx context.Context, r request, fn func(payload []byte) e
 	if err != nil {
 		return err
 	}
+	if len(r.names) > 0 && u.diagOn(DiagFilename) {
+		u.debug(DiagFilename, "perfuse: names", "opcode", r.op, "nodeid", u.NodeID(r.node), "names", r.names)
+	}
 	defer u.destroy(m)
 	m.dst = r.dst
 	if r.unique != 0 {

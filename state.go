@@ -53,8 +53,14 @@ type Node struct {
 }
 
 // lockWrites takes n's write lock, or gives up when ctx ends.
-func (n *Node) lockWrites(ctx context.Context) error {
+func (u *Usermount) lockWrites(ctx context.Context, n *Node) error {
 	n.wonce.Do(func() { n.wsem = make(chan struct{}, 1) })
+	select {
+	case n.wsem <- struct{}{}:
+		return nil
+	default:
+	}
+	u.debug(DiagRequeue, "perfuse: waiting behind a write", "nodeid", n.id)
 	done := ctx.Done()
 	if transport.IsInterruptOnly(ctx) {
 		done = nil // a kernel request waits its turn, as under the inode lock
