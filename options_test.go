@@ -94,12 +94,14 @@ func TestPluggableCallbacks(t *testing.T) {
 		}
 		return replyTo(m, -int32(syscall.ENOSYS), nil)
 	})
+	before := *cb
 	u, err := Init(cb, &MountInfo{Target: "/x"}, WithDiag(DiagTrace))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cb.FsReq == nil {
-		t.Fatal("Init did not set FsReq")
+	if (cb.NewMsg == nil) != (before.NewMsg == nil) || (cb.DestroyMsg == nil) != (before.DestroyMsg == nil) ||
+		(cb.Start == nil) != (before.Start == nil) || cb.MaxFrame != before.MaxFrame {
+		t.Fatal("Init wrote into the caller's Callbacks")
 	}
 	u.SetSpecific(17)
 	if u.Specific() != 17 {

@@ -24,7 +24,7 @@
 //	pc_get_inhdr/_inpayload     Message.InHeader / InPayload
 //	pc_get_outhdr/_outpayload   Message.OutHeader / OutPayload
 //	pc_umount                   Callbacks.Umount
-//	pc_fsreq                    Callbacks.FsReq (set by Init to Usermount.FsReq)
+//	pc_fsreq                    Usermount.FsReq, which a transport calls (Init writes nothing into Callbacks)
 //	perfuse_init                Init
 //	perfuse_fs_init             Usermount.FsInit
 //	perfuse_mainloop            Usermount.Mainloop
@@ -140,22 +140,24 @@ type Callbacks struct {
 	Start func(u *Usermount) error
 	// stats reports the socket transport's counters, for TraceDump.
 	stats func() transport.Stats
-	// FsReq is an output: Init sets it to the Usermount's handler for
-	// unsolicited frames (notifications, replies nobody waits for). The
-	// transport must route such frames to it.
-	FsReq func(u *Usermount, m *Message)
 }
 
 // Init creates the session for the mount described by mi, as
-// perfuse_init does, and sets cb.FsReq. PERFUSE_OPTIONS is read here; opts
-// apply after it. Nothing is sent until FsInit.
+// perfuse_init does, with a copy of cb: later changes to *cb do not
+// reach it, and Init changes nothing in *cb. (perfuse_init wrote its
+// handler into pc_fsreq; here a transport hands unsolicited frames,
+// notifications and replies nobody waits for, to Usermount.FsReq.)
+// PERFUSE_OPTIONS is read here; opts apply after it. Nothing is sent
+// until FsInit.
 func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 	if cb == nil || cb.XchgMsg == nil {
 		return nil, fmt.Errorf("perfuse: Init: callbacks without XchgMsg: %w", syscall.EINVAL)
 	}
 	conf := newConfig(opts)
+	own := *cb
+	fillDefaults(&own)
 	u := &Usermount{
-		cb:    cb,
+		cb:    &own,
 		conf:  conf,
 		log:   conf.log,
 		warn:  ratelog.New(conf.log, time.Second),
@@ -180,13 +182,11 @@ func Init(cb *Callbacks, mi *MountInfo, opts ...Option) (*Usermount, error) {
 	u.root.mode.Store(syscall.S_IFDIR)
 	u.root.name.Store("")
 	u.nodes[RootID] = u.root
-	fillDefaults(cb)
-	cb.FsReq = func(_ *Usermount, m *Message) { u.FsReq(m) }
 	return u, nil
 }
 
-// fillDefaults sets the callbacks left nil, so relay code can call any of
-// them as it would libperfuse's.
+// fillDefaults sets the session's callbacks left nil, so that it can call
+// any of them as libperfuse does.
 func fillDefaults(cb *Callbacks) {
 	if cb.NewMsg == nil {
 		cb.NewMsg = func(_ *Usermount, op Opcode, n int) *Message { return NewMessage(op, n) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"github.com/perfuse-go/perfuse/internal/sock"
 	"github.com/perfuse-go/perfuse/internal/transport"
@@ -24,15 +25,19 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 		conf.log.Warn("perfuse: socket buffers not set", "size", conf.bufSize, "err", err)
 	}
 	cb := &Callbacks{}
+	// The session these callbacks serve, known from its first exchange
+	// (INIT): unsolicited frames go to its FsReq.
+	var owner atomic.Pointer[Usermount]
 	conn, err := transport.New(f, transport.Options{
 		Unsolicited: func(frame []byte) {
-			if cb.FsReq == nil {
-				conf.log.Warn("perfuse: unsolicited frame before Init dropped", "bytes", len(frame))
+			u := owner.Load()
+			if u == nil {
+				conf.log.Warn("perfuse: unsolicited frame before INIT dropped", "bytes", len(frame))
 				return
 			}
 			m := &Message{}
 			m.SetReply(frame)
-			cb.FsReq(nil, m)
+			u.FsReq(m)
 		},
 		Log:            conf.log,
 		InterruptGrace: conf.interruptGrace,
@@ -43,7 +48,10 @@ func SocketCallbacks(f *os.File, opts ...Option) (*Callbacks, error) {
 	cb.MaxFrame = conn.MaxFrame()
 	cb.NewMsg = func(_ *Usermount, op Opcode, n int) *Message { return newPooledMessage(op, n) }
 	cb.DestroyMsg = releaseMessage
-	cb.XchgMsg = func(ctx context.Context, _ *Usermount, m *Message, wait Wait) error {
+	cb.XchgMsg = func(ctx context.Context, u *Usermount, m *Message, wait Wait) error {
+		if u != nil && owner.Load() == nil {
+			owner.CompareAndSwap(nil, u)
+		}
 		if wait == NoReply {
 			return conn.SendTail(ctx, m.in, m.tail)
 		}
