@@ -95,10 +95,21 @@ func (u *Usermount) noLonger(op Opcode) {
 }
 
 // NodeLookup looks name up in dir (FUSE_LOOKUP). The entry counts as one
-// lookup on its node, returned by NodeReclaim.
+// lookup on its node, returned by NodeReclaim. ".." of the root is the
+// root, answered from a GETATTR (the root's lookups are not counted).
 func (u *Usermount) NodeLookup(ctx context.Context, cred *Cred, dir *Node, name string) (*Entry, error) {
 	if err := checkName(name); err != nil {
 		return nil, err
+	}
+	if name == ".." && dir == u.root {
+		// The root's parent is the root. The kernel resolves that itself
+		// and never asks, and libfuse daemons (squashfuse, sshfs) die on
+		// the request.
+		a, err := u.NodeGetattr(ctx, cred, dir, nil)
+		if err != nil {
+			return nil, err
+		}
+		return &Entry{Node: dir, EntryOut: EntryOut{NodeId: RootID, AttrValid: a.AttrValid, AttrValidNsec: a.AttrValidNsec, Attr: a.Attr}}, nil
 	}
 	out, err := roundTrip[EntryOut](ctx, u, request{op: OpLookup, node: dir, cred: cred, names: []string{name}})
 	if err != nil {
