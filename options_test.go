@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -190,5 +191,17 @@ func TestTraceKeepsLast4096(t *testing.T) {
 	}
 	if s := u.TraceStats()[OpGetattr]; s.Count != traceMax {
 		t.Errorf("%d GETATTR records kept, want %d", s.Count, traceMax)
+	}
+	// A full trace costs a request its record, not a copy of the trace
+	// (4096 pointers, 32 KiB).
+	const more = 2000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < more; i++ {
+		u.NodeGetattr(context.Background(), nil, u.Root(), nil)
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / more; per > 4096 {
+		t.Errorf("%d bytes allocated per traced request once the trace is full", per)
 	}
 }
