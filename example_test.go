@@ -91,16 +91,16 @@ func ExampleStart() {
 // perfused to connect to or start (and that perfused, root and /dev/fuse),
 // so this example is compiled but not run.
 func ExampleOpen() {
-	f, err := perfuse.Open("/dev/fuse", os.O_RDWR, 0) // a socket to perfused, not the device
+	fd, err := perfuse.Open("/dev/fuse", os.O_RDWR, 0) // a socket to perfused, not the device
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = perfuse.Mount("src", "/mnt/x", "fuse.mine", 0, fmt.Sprintf("fd=%d", f.Fd()))
+	err = perfuse.Mount("src", "/mnt/x", "fuse.mine", 0, fmt.Sprintf("fd=%d", fd))
 	if err != nil {
 		log.Fatal(err)
 	}
-	// then serve FUSE on f, e.g. go-fuse with mountpoint fmt.Sprintf("/dev/fd/%d", f.Fd())
-	srv, err := fuse.NewServer(gofs.NewNodeFS(&helloRoot{}, nil), fmt.Sprintf("/dev/fd/%d", f.Fd()),
+	// then serve FUSE on fd, e.g. go-fuse with mountpoint fmt.Sprintf("/dev/fd/%d", fd)
+	srv, err := fuse.NewServer(gofs.NewNodeFS(&helloRoot{}, nil), fmt.Sprintf("/dev/fd/%d", fd),
 		&fuse.MountOptions{DisableSplice: true})
 	if err != nil {
 		log.Fatal(err)

@@ -25,7 +25,12 @@ const DefaultSocketPath = "/run/perfused.sock"
 const DefaultPerfusedPath = "/usr/sbin/perfused"
 
 // Open mirrors libperfuse's perfuse_open, a replacement for
-// open("/dev/fuse"). Any other path is passed to os.OpenFile unchanged.
+// open("/dev/fuse"), and like it returns a descriptor (or -1 and the
+// error): the caller owns it and closes it with unix.Close. (An *os.File
+// would be closed by its finalizer once nothing refers to it, while the
+// daemon still serves the descriptor by number, "fd=N" or /dev/fd/N: its
+// kernel callers would wait forever.) Any other path is opened as
+// os.OpenFile opens it, and its errors are os.OpenFile's.
 //
 // For FusePath it connects a SEQPACKET socket to the perfused listening on
 // $PERFUSE_SOCKET (default DefaultSocketPath). If nothing listens there
@@ -33,36 +38,52 @@ const DefaultPerfusedPath = "/usr/sbin/perfused"
 // else "perfused" from $PATH, else DefaultPerfusedPath, run as
 // "perfused -i 3" with one end of a socket pair as fd 3, and returns the
 // other end. Either socket gets $PERFUSE_BUFSIZE (default DefaultBufSize)
-// as its buffer sizes. Pass its descriptor to Mount in the "fd=N" option.
-// flag and perm only apply to other paths. The socket is in blocking mode.
+// as its buffer sizes. Pass the descriptor to Mount in the "fd=N" option.
+// flag and perm only apply to other paths. Every descriptor Open returns is
+// close-on-exec; the socket is in blocking mode.
 //
 // Unlike upstream, no descriptor leaks, a perfused that cannot be started
 // is an error in the caller (there is no fork to return into), and the
 // child is reaped.
-func Open(path string, flag int, perm os.FileMode) (*os.File, error) {
+func Open(path string, flag int, perm os.FileMode) (int, error) {
 	if path != FusePath {
-		return os.OpenFile(path, flag, perm)
+		f, err := os.OpenFile(path, flag, perm)
+		if err != nil {
+			return -1, err
+		}
+		return detach(f)
 	}
 	size := int(BufVarFromEnv("PERFUSE_BUFSIZE", DefaultBufSize))
 	sockPath := os.Getenv("PERFUSE_SOCKET")
 	if sockPath == "" {
 		sockPath = DefaultSocketPath
 	}
-	f, err := dialPerfused(sockPath, size)
+	fd, err := dialPerfused(sockPath, size)
 	if err == nil {
-		return f, nil
+		return fd, nil
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
-		return nil, err
+		return -1, err
 	}
 	slog.Debug("perfuse: no perfused listening, starting one", "socket", sockPath, "err", err)
 	return spawnPerfused(size)
 }
 
-func dialPerfused(path string, size int) (*os.File, error) {
+// detach returns a descriptor of f's own, which no finalizer closes, and
+// closes f.
+func detach(f *os.File) (int, error) {
+	defer f.Close()
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("perfuse: dup: %w", err)
+	}
+	return fd, nil
+}
+
+func dialPerfused(path string, size int) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("perfuse: socket: %w", err)
+		return -1, fmt.Errorf("perfuse: socket: %w", err)
 	}
 	if err := sock.SetBuffers(fd, size); err != nil {
 		slog.Warn("perfuse: cannot set socket buffers", "size", size, "err", err)
@@ -75,9 +96,9 @@ func dialPerfused(path string, size int) (*os.File, error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, &os.PathError{Op: "connect", Path: path, Err: err}
+		return -1, &os.PathError{Op: "connect", Path: path, Err: err}
 	}
-	return os.NewFile(uintptr(fd), path), nil
+	return fd, nil
 }
 
 func perfusedPath() string {
@@ -90,10 +111,10 @@ func perfusedPath() string {
 	return DefaultPerfusedPath
 }
 
-func spawnPerfused(size int) (*os.File, error) {
+func spawnPerfused(size int) (int, error) {
 	ours, theirs, _, err := sock.Pair()
 	if err != nil {
-		return nil, fmt.Errorf("perfuse: %w", err)
+		return -1, fmt.Errorf("perfuse: %w", err)
 	}
 	for _, f := range []*os.File{ours, theirs} {
 		if err := sock.SetBuffers(int(f.Fd()), size); err != nil {
@@ -112,12 +133,12 @@ func spawnPerfused(size int) (*os.File, error) {
 	theirs.Close()
 	if err != nil {
 		ours.Close()
-		return nil, fmt.Errorf("perfuse: start perfused: %w", err)
+		return -1, fmt.Errorf("perfuse: start perfused: %w", err)
 	}
 	go func() {
 		if err := cmd.Wait(); err != nil {
 			slog.Debug("perfuse: perfused exited", "pid", cmd.Process.Pid, "err", err)
 		}
 	}()
-	return ours, nil
+	return detach(ours)
 }

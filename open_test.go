@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -54,14 +55,14 @@ func TestOpenOrdinaryPath(t *testing.T) {
 	}
 
 	name := filepath.Join(dir, "file")
-	f, err := Open(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	fd, err := Open(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteString("hi"); err != nil {
+	if _, err := unix.Write(fd, []byte("hi")); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	unix.Close(fd)
 	if st, err := os.Stat(name); err != nil || st.Mode().Perm() != 0o600 || st.Size() != 2 {
 		t.Errorf("created file: %v, %v", st, err)
 	}
@@ -82,23 +83,23 @@ func TestOpenDaemonMode(t *testing.T) {
 	t.Setenv("PERFUSE_BUFSIZE", "0x20000")
 	t.Setenv("PERFUSED", filepath.Join(t.TempDir(), "must-not-run"))
 
-	f, err := Open(FusePath, os.O_RDWR, 0)
+	fd, err := Open(FusePath, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if typ, err := sock.Type(int(f.Fd())); err != nil || typ != unix.SOCK_SEQPACKET {
+	defer unix.Close(fd)
+	if typ, err := sock.Type(fd); err != nil || typ != unix.SOCK_SEQPACKET {
 		t.Errorf("socket type = %d, %v; want SOCK_SEQPACKET", typ, err)
 	}
-	if n, err := sock.SendBuffer(int(f.Fd())); err != nil || n != 2*0x20000 {
+	if n, err := sock.SendBuffer(fd); err != nil || n != 2*0x20000 {
 		t.Errorf("SO_SNDBUF = %d, %v; want %d (PERFUSE_BUFSIZE doubled)", n, err, 2*0x20000)
 	}
-	if fl, _ := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0); fl&unix.FD_CLOEXEC == 0 {
+	if fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); fl&unix.FD_CLOEXEC == 0 {
 		t.Errorf("socket is not close-on-exec")
 	}
 
 	quickMountAnswer(t) // this test accepts only after Mount returns
-	data := "fd=" + itoa(f.Fd()) + ",rootmode=40000,user_id=0"
+	data := "fd=" + itoa(uintptr(fd)) + ",rootmode=40000,user_id=0"
 	if err := Mount("squashfuse", "/mnt/data", "fuse.squashfuse", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
 		t.Fatal(err)
 	}
@@ -172,16 +173,16 @@ func TestOpenAutoSpawn(t *testing.T) {
 	openFdCount(t)
 	before := openFdCount(t)
 
-	f, err := Open(FusePath, os.O_RDWR, 0)
+	fd, err := Open(FusePath, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if typ, err := sock.Type(int(f.Fd())); err != nil || typ != unix.SOCK_SEQPACKET {
+	if typ, err := sock.Type(fd); err != nil || typ != unix.SOCK_SEQPACKET {
 		t.Errorf("socket type = %d, %v; want SOCK_SEQPACKET", typ, err)
 	}
-	data := "fd=" + itoa(f.Fd()) + ",rootmode=40000"
+	data := "fd=" + itoa(uintptr(fd)) + ",rootmode=40000"
 	if err := Mount("squashfuse", "/mnt/data", "fuse.squashfuse", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		f.Close()
+		unix.Close(fd)
 		t.Fatal(err)
 	}
 
@@ -192,12 +193,12 @@ func TestOpenAutoSpawn(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			f.Close()
+			unix.Close(fd)
 			t.Fatalf("stand-in wrote no %s: %v", out, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	f.Close()
+	unix.Close(fd)
 
 	var mi MountInfo
 	if err := json.Unmarshal(b, &mi); err != nil {
@@ -219,13 +220,49 @@ func TestOpenSpawnFailure(t *testing.T) {
 	t.Setenv("PERFUSE_SOCKET", filepath.Join(t.TempDir(), "nobody-listens.sock"))
 	openFdCount(t)
 	before := openFdCount(t)
-	f, err := Open(FusePath, os.O_RDWR, 0)
+	fd, err := Open(FusePath, os.O_RDWR, 0)
 	if err == nil {
-		f.Close()
+		unix.Close(fd)
 		t.Fatal("Open succeeded without a perfused to start")
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Open error = %v, want one wrapping ErrNotExist", err)
 	}
 	waitFdCount(t, before)
+}
+
+// The descriptor Open returns is the caller's until it closes it: nothing
+// closes it when the garbage collector runs, though only its number is
+// kept (as a daemon serving "/dev/fd/N" keeps it).
+func TestOpenDescriptorOutlivesGC(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "perfused.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("PERFUSE_SOCKET", path)
+	t.Setenv("PERFUSED", filepath.Join(t.TempDir(), "must-not-run"))
+	fd, err := Open(FusePath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	peer, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	for range 3 {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := unix.Write(fd, []byte("frame")); err != nil {
+		t.Fatalf("write on Open's descriptor after GC: %v", err)
+	}
+	buf := make([]byte, 16)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(buf); err != nil || string(buf[:n]) != "frame" {
+		t.Fatalf("perfused end read %q, %v", buf[:n], err)
+	}
 }

@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 // socket perfuse.Open gives, after asking for a mount at target.
 func helperDaemon(backing, target string) error {
 	os.Setenv("PERFUSED_TEST_ROLE", "perfused") // for a perfused Open starts
-	f, err := perfuse.Open(perfuse.FusePath, os.O_RDWR, 0)
+	fd, err := perfuse.Open(perfuse.FusePath, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -64,14 +64,14 @@ func helperDaemon(backing, target string) error {
 	if os.Getenv("PERFUSED_TEST_RO") == "1" {
 		flags = unix.MS_RDONLY
 	}
-	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", flags, fmt.Sprintf("fd=%d", f.Fd())); err != nil {
+	if err := perfuse.Mount("loopback:"+filepath.Base(backing), target, "fuse.loopback", flags, fmt.Sprintf("fd=%d", fd)); err != nil {
 		return err
 	}
 	root, err := gofs.NewLoopbackRoot(backing)
 	if err != nil {
 		return err
 	}
-	srv, err := fuse.NewServer(gofs.NewNodeFS(root, &gofs.Options{}), fmt.Sprintf("/dev/fd/%d", f.Fd()),
+	srv, err := fuse.NewServer(gofs.NewNodeFS(root, &gofs.Options{}), fmt.Sprintf("/dev/fd/%d", fd),
 		&fuse.MountOptions{DisableSplice: true, Logger: log.New(os.Stderr, "helper go-fuse: ", 0)})
 	if err != nil {
 		return err
