@@ -65,12 +65,19 @@ type step struct {
 	attr Attr
 }
 
+// validPath is fs.ValidPath but for UTF-8: a FUSE name is any bytes but
+// "/" and NUL, and a file named in Latin-1 must be as reachable as it is
+// listed.
+func validPath(name string) bool {
+	return fs.ValidPath(strings.ToValidUTF8(name, "_"))
+}
+
 // resolve checks name and walks it from the view's root, following the
 // links on the way, and the last one too when follow is set. It returns
 // the node reached with one lookup held (none for the root) and its
 // attributes; an error is a *fs.PathError for op and name.
 func (f *iofs) resolve(op, name string, follow bool) (*Node, Attr, error) {
-	if !fs.ValidPath(name) {
+	if !validPath(name) {
 		return nil, Attr{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
 	}
 	n, attr, err := f.walk(path.Join(f.prefix, name), follow)
@@ -225,7 +232,7 @@ func (f *iofs) ReadLink(name string) (string, error) {
 // Sub returns the view of the directory dir. Like fs.Sub, it does not
 // check that dir exists.
 func (f *iofs) Sub(dir string) (fs.FS, error) {
-	if !fs.ValidPath(dir) {
+	if !validPath(dir) {
 		return nil, &fs.PathError{Op: "sub", Path: dir, Err: fs.ErrInvalid}
 	}
 	if dir == "." {

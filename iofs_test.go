@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -504,5 +505,51 @@ func TestIOFSFilesSeekAndReadAt(t *testing.T) {
 	}
 	if _, err := sk.Seek(-1, io.SeekStart); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("Seek before the start: %v, want EINVAL", err)
+	}
+}
+
+// A name that is not UTF-8 (Latin-1 "été") is as reachable as it is
+// listed: Linux names are bytes, and fs.ValidPath's UTF-8 rule would make
+// it a listed file nobody can stat, read or copy.
+func TestIOFSNamesThatAreNotUTF8(t *testing.T) {
+	latin1 := "\xe9t\xe9"
+	for _, k := range peerKinds {
+		t.Run(k.name, func(t *testing.T) {
+			u, fsys, c := viewOf(t, k, func(dir string) {
+				if err := os.MkdirAll(filepath.Join(dir, "A", latin1), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "A", latin1, latin1), []byte("bytes"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			})
+			var walked []string
+			err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if _, err := d.Info(); err != nil {
+					return err
+				}
+				walked = append(walked, p)
+				return nil
+			})
+			if want := []string{".", "A", "A/" + latin1, "A/" + latin1 + "/" + latin1}; err != nil || !slices.Equal(walked, want) {
+				t.Fatalf("walk: %q, %v; want %q", walked, err, want)
+			}
+			name := "A/" + latin1 + "/" + latin1
+			if b, err := fs.ReadFile(fsys, name); err != nil || string(b) != "bytes" {
+				t.Fatalf("read %q: %q, %v", name, b, err)
+			}
+			if st, err := fs.Stat(fsys, name); err != nil || st.Name() != latin1 || st.Size() != 5 {
+				t.Fatalf("stat %q: %v, %v", name, st, err)
+			}
+			for _, bad := range []string{"A/\xe9/..", "\xff/./x", "/A", "A/"} {
+				if _, err := fs.Stat(fsys, bad); !errors.Is(err, fs.ErrInvalid) {
+					t.Errorf("stat %q: %v, want ErrInvalid", bad, err)
+				}
+			}
+			requireNoLookups(t, u, c)
+		})
 	}
 }
