@@ -298,7 +298,7 @@ func (d *daemon) handleSignals() {
 }
 
 // stop unmounts every mount; each session then ends and perfused exits.
-// A mount whose requests are still stuck after the grace (-grace) gets its
+// A mount still in use after the grace (-grace) gets its
 // own kernel connection aborted, so no process is left waiting on it, and
 // its daemon's socket closed.
 func (d *daemon) stop(s os.Signal) {
@@ -331,7 +331,7 @@ func (d *daemon) stopMount(mt *mount) {
 	if err == nil {
 		return
 	}
-	d.log.Warn("perfused: requests still stuck after the grace; aborting the mount's kernel connection",
+	d.log.Warn("perfused: mount still in use after the grace (open files, or requests its daemon has not answered); aborting its kernel connection",
 		"target", mt.m.Target(), "grace", d.f.grace, "err", err)
 	mt.m.Abort()
 	select {

@@ -111,9 +111,9 @@ Flags:
   -l path     Listening socket path (listening mode).
   -fusermount Wrap mode: use the stand-in fusermount (above) even though an
               argument names /dev/fd/3.
-  -grace d    On SIGINT/SIGTERM, how long requests still stuck in a mount
-              (a daemon that stopped reading) may take before perfused
-              aborts that mount's own kernel connection (default 5s; Go
+  -grace d    On SIGINT/SIGTERM, how long a mount may stay in use (open
+              files, or requests a daemon that stopped reading has not
+              answered) before perfused aborts its own kernel connection (default 5s; Go
               duration syntax, e.g. 500ms, 10s).
 
 Limits (listening mode; a refusal is logged once per kind and user every
@@ -143,9 +143,11 @@ Signals:
                   mount to DIR/perfused<target, "%" "-" "/" as %25 %2D ->.trace
                   (DIR must be perfused's own and writable by nobody else)
   SIGUSR2         with -s, toggle the -d diagnostics
-  SIGINT, SIGTERM unmount every mount cleanly (lazily if busy) and exit 0;
-                  after -grace, abort the connections still stuck (their
-                  processes get ENOTCONN) and end their daemons
+  SIGINT, SIGTERM unmount every mount (lazily if busy) and exit 0 once all
+                  are gone; a mount still in use after -grace (open files,
+                  or requests its daemon has not answered) has its
+                  connection aborted (its processes get ENOTCONN), its
+                  daemon ended, and perfused exits 1
 
 Exit: 0 after a clean unmount; 1 when the FUSE daemon exited or crashed
 while mounted (the mount is then removed, lazily if busy, and processes using
