@@ -27,8 +27,9 @@ Writing cases work in a scratch directory, .perfuse-check.PID, in the
 daemon's root, removed at the end. A read-only daemon, or one answering
 ENOSYS, has the cases needing it "skipped, not supported"; read-only
 variants read the daemon's own tree. The output is a table of case, result
-and detail (--json: the same as JSON), then a line
-"check: N passed, M failed, K skipped". Exit status 1 if any case failed.`,
+and detail, then a line "check: N passed, M failed, K skipped" (--json: the
+results as one JSON object on standard output, and that line on standard
+error). Exit status 1 if any case failed.`,
 		validate: nargs(0, 0, "no arguments"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			asJSON := fl.Bool("json", false, "write the results as JSON")
@@ -38,7 +39,10 @@ and detail (--json: the same as JSON), then a line
 				results := check.Run(ctx, e.d.Usermount, check.Options{Seed: *seed})
 				var err error
 				if *asJSON {
-					err = check.WriteJSON(e.stdout, results, *seed)
+					// The summary beside, so that standard output is JSON.
+					if err = check.WriteJSON(e.stdout, results, *seed); err == nil {
+						fmt.Fprintln(e.stderr, check.SummaryLine(results))
+					}
 				} else {
 					err = check.WriteTable(e.stdout, results)
 				}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/perfuse-go/perfuse/internal/check"
 	"github.com/perfuse-go/perfuse/internal/daemonpeer"
 )
 
@@ -219,5 +221,10 @@ func TestCheck(t *testing.T) {
 		})
 	}
 	r := runTool(t, shared(t), "", with(squashfuse(t), "check", "--json")...)
-	wantLines(t, "check --json", r.stdout, `"case": "readdir"`, `"result": "passed"`, `"failed": 0`, "\ncheck: ")
+	wantLines(t, "check --json", r.stdout, `"case": "readdir"`, `"result": "passed"`, `"failed": 0`)
+	var rep check.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Errorf("check --json: standard output is not one JSON object: %v", err)
+	}
+	wantLines(t, "check --json", r.stderr, "check: ")
 }

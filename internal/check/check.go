@@ -177,11 +177,7 @@ func WriteJSON(w io.Writer, results []Result, seed uint64) error {
 	rep.Passed, rep.Failed, rep.Skipped = Summary(results)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(rep); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintln(w, SummaryLine(results))
-	return err
+	return enc.Encode(rep)
 }
 
 // runner is one run's state.
