@@ -190,6 +190,16 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// serve ends, with status 1, when its daemon does, instead of answering
+// every request with a 500.
+func TestServeEndsWithItsDaemon(t *testing.T) {
+	d := append([]string{daemonpeer.Need(t, "timeout"), "-s", "KILL", "2"}, squashfuse(t)...)
+	r := runTool(t, shared(t), "", with(d, "serve", "-addr", "127.0.0.1:0")...)
+	if r.code != 1 || !strings.Contains(r.stderr, "session ended") {
+		t.Fatalf("serve after its daemon was killed: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+}
+
 // check passes on the go-fuse loopback and fuse-overlayfs, and gives
 // only read-only results on squashfuse.
 func TestCheck(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 )
 
@@ -18,7 +19,7 @@ func init() {
 		args:    "[-addr HOST:PORT]",
 		summary: "serve the daemon's tree over HTTP, read-only (http.FileServerFS)",
 		help: `Files are served with range requests and directories as listings, until
-SIGINT or SIGTERM. The address serving is printed on stderr as
+SIGINT or SIGTERM, or until the daemon ends (status 1). The address serving is printed on stderr as
 "serving http://HOST:PORT/". The default address is on the loopback
 interface only: give -addr :8080 to serve every interface.`,
 		validate: nargs(0, 0, "no arguments"),
@@ -44,10 +45,14 @@ func serve(ctx context.Context, e *env, addr string) error {
 	fmt.Fprintf(e.stderr, "serving http://%s/\n", ln.Addr())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	var ended error
 	select {
 	case err = <-errc:
 		return err
 	case <-ctx.Done():
+	case <-e.d.Usermount.Done():
+		// Nothing more can be served: every request would be a 500.
+		ended = fmt.Errorf("the daemon's session ended: %w", syscall.ENOTCONN)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -57,7 +62,7 @@ func serve(ctx context.Context, e *env, addr string) error {
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	return nil
+	return ended
 }
 
 // seekFS gives the view's files the io.Seeker that http.FileServerFS needs
