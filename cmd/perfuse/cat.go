@@ -19,7 +19,7 @@ func init() {
 				fsys := e.fsys(ctx)
 				for _, p := range args {
 					if err := catFile(e.stdout, fsys, fsName(p)); err != nil {
-						return err
+						return inDaemon(err)
 					}
 				}
 				return nil

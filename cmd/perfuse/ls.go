@@ -30,7 +30,7 @@ too, each under a "DIR:" line, without following symbolic links.`,
 				if len(args) == 1 {
 					p = args[0]
 				}
-				return ls(e, e.fsys(ctx), fsName(p), *long, *recursive)
+				return inDaemon(ls(e, e.fsys(ctx), fsName(p), *long, *recursive))
 			}
 		},
 	})

@@ -235,7 +235,8 @@ func TestHelpAndUsage(t *testing.T) {
 	}
 }
 
-// Operation errors are exit status 1, naming the path and the errno.
+// Operation errors are exit status 1, naming the path (from the daemon's
+// root, as the user gave it) and the errno.
 func TestOperationErrors(t *testing.T) {
 	d := squashfuse(t)
 	dir := shared(t)
@@ -244,9 +245,10 @@ func TestOperationErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{with(d, "cat", "/nope"), "nope: no such file or directory (ENOENT)"},
-		{with(d, "stat", "docs/none"), "docs/none: no such file or directory (ENOENT)"},
-		{with(d, "ls", "/hello.txt/x"), "hello.txt/x: not a directory (ENOTDIR)"},
+		{with(d, "cat", "/nope"), "perfuse cat: open /nope: no such file or directory (ENOENT)"},
+		{with(d, "stat", "docs/none"), "perfuse stat: lstat /docs/none: no such file or directory (ENOENT)"},
+		{with(d, "ls", "/hello.txt/x"), "perfuse ls: stat /hello.txt/x: not a directory (ENOTDIR)"},
+		{with(d, "tree", "/nope"), "open /nope: no such file or directory (ENOENT)"},
 		{with(d, "cp", "/docs", "out"), "/docs: a directory (use -r): is a directory (EISDIR)"},
 		{with(d, "cp", "local", ":/x"), "create /x: read-only file system (EROFS)"},
 		{[]string{"ls", "--", "/nonexistent/daemon"}, "no such file or directory"},

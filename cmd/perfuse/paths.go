@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io/fs"
 	"path"
 	"strings"
@@ -102,6 +103,16 @@ func oneArg(args []string, what string) (string, error) {
 		return "", usagef("want one %s, got %d arguments", what, len(args))
 	}
 	return args[0], nil
+}
+
+// inDaemon names the path of an error of the io/fs view as the user gave
+// it, from the daemon's root ("open /nope", not "open nope").
+func inDaemon(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && !strings.HasPrefix(pe.Path, "/") {
+		pe.Path = slash(pe.Path)
+	}
+	return err
 }
 
 func errorf(op, name string, err error) error {

@@ -23,7 +23,7 @@ func init() {
 				for _, p := range args {
 					st, err := fs.Lstat(fsys, fsName(p))
 					if err != nil {
-						return err
+						return inDaemon(err)
 					}
 					printStat(e.stdout, slash(fsName(p)), st.Sys().(*perfuse.Attr))
 				}

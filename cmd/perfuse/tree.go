@@ -26,7 +26,7 @@ func init() {
 				name := fsName(p)
 				fmt.Fprintln(e.stdout, slash(name))
 				if err := t.dir(name, ""); err != nil {
-					return err
+					return inDaemon(err)
 				}
 				fmt.Fprintf(e.stdout, "\n%d directories, %d files\n", t.dirs, t.files)
 				return nil
