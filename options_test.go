@@ -5,9 +5,11 @@ import (
 	"context"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -166,6 +168,45 @@ func TestInitNeedsXchg(t *testing.T) {
 	}
 	if _, err := Init(nil, nil); err == nil {
 		t.Fatal("Init with nil callbacks succeeded")
+	}
+}
+
+// A request the daemon never answers does not make the trace keep every
+// record after it: it stays, in flight, beside the last 4096 finished.
+func TestTraceIsBoundedBehindAHungRequest(t *testing.T) {
+	hung := make(chan struct{})
+	defer close(hung)
+	cb := &Callbacks{XchgMsg: func(ctx context.Context, u *Usermount, m *Message, wait Wait) error {
+		if m.Opcode() == OpStatfs {
+			<-hung
+			return syscall.ENOTCONN
+		}
+		out := attrOut(1, syscall.S_IFDIR|0o755, 1)
+		m.SetReply(replyTo(m, 0, structBytes(&out)))
+		return nil
+	}}
+	u, err := Init(cb, nil, WithDiag(DiagTrace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go u.FsStatvfs(context.Background(), nil)
+	for !slices.ContainsFunc(u.trace.snapshot(), func(r traceRecord) bool { return r.op == OpStatfs }) {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 3*traceMax; i++ {
+		if _, err := u.NodeGetattr(context.Background(), nil, u.Root(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u.trace.mu.Lock()
+	n := len(u.trace.records)
+	u.trace.mu.Unlock()
+	if n > traceMax+traceMax/4+1 {
+		t.Errorf("%d records held behind one in flight, want at most %d", n, traceMax+traceMax/4+1)
+	}
+	recs := u.trace.snapshot()
+	if len(recs) != traceMax+1 || recs[0].op != OpStatfs || recs[0].done {
+		t.Errorf("dump of %d records, first %v (done %v); want the STATFS in flight and %d GETATTRs", len(recs), recs[0].op, recs[0].done, traceMax)
 	}
 }
 

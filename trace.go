@@ -25,8 +25,9 @@ type traceRecord struct {
 
 // tracer keeps the records of the last exchanges while DiagTrace is on.
 type tracer struct {
-	mu      sync.Mutex
-	records []*traceRecord // oldest first
+	mu       sync.Mutex
+	records  []*traceRecord // oldest first
+	finished int            // records that are done
 }
 
 func (t *tracer) begin(u *Usermount, op Opcode, n *Node, m *Message) *traceRecord {
@@ -53,35 +54,45 @@ func (t *tracer) end(u *Usermount, r *traceRecord, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r.end, r.err, r.done = time.Now(), err, true
-	// The oldest records go a quarter of traceMax at a time, in place, so
-	// that a request does not pay for moving them all.
-	if len(t.records) < traceMax+traceMax/4 {
+	// The oldest finished records go a quarter of traceMax at a time, in
+	// place, so that a request does not pay for moving them all.
+	if t.finished++; t.finished < traceMax+traceMax/4 {
 		return
 	}
-	drop := t.excess()
-	n := copy(t.records, t.records[drop:])
-	clear(t.records[n:])
-	t.records = t.records[:n]
+	n := len(t.records)
+	t.records = kept(t.records[:0], t.records)
+	clear(t.records[len(t.records):n])
+	t.finished = traceMax
 }
 
-// excess is how many of the oldest records are beyond the traceMax kept,
-// stopping at one still in flight.
-func (t *tracer) excess() int {
-	drop := 0
-	for len(t.records)-drop > traceMax && t.records[drop].done {
-		drop++
+// kept appends to dst the records to keep: the last traceMax finished
+// ones, and every one still in flight however old (a request the daemon
+// sits on must not pin every later record). dst may be records[:0].
+func kept(dst, records []*traceRecord) []*traceRecord {
+	finished := 0
+	for _, r := range records {
+		if r.done {
+			finished++
+		}
 	}
-	return drop
+	drop := max(0, finished-traceMax)
+	for _, r := range records {
+		if r.done && drop > 0 {
+			drop--
+			continue
+		}
+		dst = append(dst, r)
+	}
+	return dst
 }
 
 // snapshot copies the records kept, oldest first.
 func (t *tracer) snapshot() []traceRecord {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	kept := t.records[t.excess():]
-	records := make([]traceRecord, len(kept))
-	for i, r := range kept {
-		records[i] = *r
+	var records []traceRecord
+	for _, r := range kept(nil, t.records) {
+		records = append(records, *r)
 	}
 	return records
 }
