@@ -254,7 +254,9 @@ func (u *Usermount) NodeFsync(ctx context.Context, cred *Cred, h *Handle, datasy
 		in.FsyncFlags = 1 // FUSE_FSYNC_FDATASYNC
 	}
 	err := u.do(ctx, request{op: op, node: h.node, cred: cred, in: fixed(op, &in)}, nil)
-	u.debug(DiagSync, "perfuse: sync", "opcode", op, "nodeid", h.node.id, "datasync", datasync, "err", err)
+	if u.diagOn(DiagSync) {
+		u.debug(DiagSync, "perfuse: sync", "opcode", op, "nodeid", h.node.id, "datasync", datasync, "err", err)
+	}
 	if isENOSYS(err) {
 		u.noLonger(op)
 		return nil

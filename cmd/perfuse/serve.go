@@ -19,9 +19,9 @@ func init() {
 		args:    "[-addr HOST:PORT]",
 		summary: "serve the daemon's tree over HTTP, read-only (http.FileServerFS)",
 		help: `Files are served with range requests and directories as listings, until
-SIGINT or SIGTERM, or until the daemon ends (status 1). The address serving is printed on stderr as
-"serving http://HOST:PORT/". The default address is on the loopback
-interface only: give -addr :8080 to serve every interface.`,
+SIGINT or SIGTERM, or until the daemon ends (status 1). The address serving
+is printed on stderr as "serving http://HOST:PORT/". The default address is
+on the loopback interface only: give -addr :8080 to serve every interface.`,
 		validate: nargs(0, 0, "no arguments"),
 		flags: func(fl *flag.FlagSet) func(context.Context, *env, []string) error {
 			addr := fl.String("addr", "127.0.0.1:8080", "address to listen on (port 0: any free port)")

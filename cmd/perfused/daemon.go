@@ -298,9 +298,9 @@ func (d *daemon) handleSignals() {
 }
 
 // stop unmounts every mount; each session then ends and perfused exits.
-// A mount still in use after the grace (-grace) gets its
-// own kernel connection aborted, so no process is left waiting on it, and
-// its daemon's socket closed.
+// A mount still in use after the grace (-grace) gets its own kernel
+// connection aborted, so no process is left waiting on it, and its
+// daemon's socket closed.
 func (d *daemon) stop(s os.Signal) {
 	d.mu.Lock()
 	d.stopping = true

@@ -113,8 +113,8 @@ Flags:
               argument names /dev/fd/3.
   -grace d    On SIGINT/SIGTERM, how long a mount may stay in use (open
               files, or requests a daemon that stopped reading has not
-              answered) before perfused aborts its own kernel connection (default 5s; Go
-              duration syntax, e.g. 500ms, 10s).
+              answered) before perfused aborts its own kernel connection
+              (default 5s; Go duration syntax, e.g. 500ms, 10s).
 
 Limits (listening mode; a refusal is logged once per kind and user every
 10 s, and told to the client: perfuse.Mount returns it; root is never
