@@ -6,29 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/perfuse-go/perfuse/internal/peerutil"
 )
-
-// syncBuffer is a log sink written from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // Every class perfused's -d accepts does something: each is enabled alone
 // on a session against go-fuse's loopback, an operation that concerns it
@@ -110,7 +93,7 @@ func TestEveryDiagClassIsConsulted(t *testing.T) {
 			continue
 		}
 		t.Run(n.name, func(t *testing.T) {
-			var log syncBuffer
+			var log peerutil.LockedBuffer
 			u := attach(t, serveLoopbackLocks(t, dir), WithDiag(n.d), WithLogger(slog.New(slog.NewTextHandler(&log, nil))))
 			c.run(t, u)
 			got := log.String()

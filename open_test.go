@@ -71,17 +71,24 @@ func TestOpenOrdinaryPath(t *testing.T) {
 	}
 }
 
-// TestOpenDaemonMode talks to a listening perfused stand-in.
-func TestOpenDaemonMode(t *testing.T) {
+// listeningStandIn is a SEQPACKET listener at PERFUSE_SOCKET, where Open
+// connects; PERFUSED names nothing, so that Open never starts one.
+func listeningStandIn(t *testing.T) *net.UnixListener {
 	path := filepath.Join(t.TempDir(), "perfused.sock")
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	t.Setenv("PERFUSE_SOCKET", path)
-	t.Setenv("PERFUSE_BUFSIZE", "0x20000")
 	t.Setenv("PERFUSED", filepath.Join(t.TempDir(), "must-not-run"))
+	return ln
+}
+
+// TestOpenDaemonMode talks to a listening perfused stand-in.
+func TestOpenDaemonMode(t *testing.T) {
+	ln := listeningStandIn(t)
+	t.Setenv("PERFUSE_BUFSIZE", "0x20000")
 
 	fd, err := Open(FusePath, os.O_RDWR, 0)
 	if err != nil {
@@ -235,14 +242,7 @@ func TestOpenSpawnFailure(t *testing.T) {
 // closes it when the garbage collector runs, though only its number is
 // kept (as a daemon serving "/dev/fd/N" keeps it).
 func TestOpenDescriptorOutlivesGC(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "perfused.sock")
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	t.Setenv("PERFUSE_SOCKET", path)
-	t.Setenv("PERFUSED", filepath.Join(t.TempDir(), "must-not-run"))
+	ln := listeningStandIn(t)
 	fd, err := Open(FusePath, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
